@@ -1,0 +1,37 @@
+# make demo  -- set up .venv, train the embedded digits demo on CPU, sample, and score the samples
+# make test  -- set up .venv, lint (ruff) and run the CPU test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR := runs/digits
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO_DIR)
+	$(BIN)/hthlight fit --config configs/digits.yaml
+	$(BIN)/hthlight predict --config configs/digits.yaml --ckpt_path $(DEMO_DIR)/checkpoints/last.ckpt
+	$(BIN)/hthlight eval digits $(DEMO_DIR)/samples
+	@echo
+	@echo "checkpoint:   $(DEMO_DIR)/checkpoints/last.ckpt"
+	@echo "samples:      $(DEMO_DIR)/samples/grid.png (one row per class) and $(DEMO_DIR)/samples/samples/"
+	@echo "tensorboard:  $(BIN)/tensorboard --logdir $(DEMO_DIR)/tensorboard"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from hthlight.cli import entry_point
+
+entry_point()

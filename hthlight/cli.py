@@ -1,0 +1,90 @@
+"""The ``hthlight`` command: LightningCLI subcommands plus ``components`` and ``eval``.
+
+``hthlight fit|validate|test|predict --config CONFIG.yaml`` train and sample;
+``hthlight components [KIND]`` lists registered components with their source and status;
+``hthlight eval digits PRED_DIR`` scores digit samples with a classifier of real digits.
+Errors caused by the configuration or the input end the command with one line on stderr
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from hthlight.errors import HthlightError
+
+USAGE_EXTRA = """
+extra commands:
+  components [KIND]      list registered components (kind, name, source, status)
+  eval digits PRED_DIR   classify predicted digits with a classifier of the real digits
+"""
+
+
+def components_table(kind: str | None = None) -> list[tuple[str, str, str, str]]:
+    """Rows ``(kind, name, source, status)``; every component is imported to report its status."""
+    from hthlight.registry import KINDS, ComponentLoadError, registry
+
+    kinds = [kind] if kind else list(KINDS)
+    rows = []
+    for k in kinds:
+        for entry in registry(k).entries():
+            with contextlib.suppress(ComponentLoadError):
+                entry.load()
+            rows.append((k, entry.name, entry.source, "ok" if entry.error is None else f"failed: {entry.error}"))
+    return rows
+
+
+def print_components(argv: Sequence[str]) -> int:
+    from hthlight.registry import KINDS, plugins_enabled
+
+    if len(argv) > 1 or (argv and argv[0] not in KINDS):
+        raise HthlightError(f"usage: hthlight components [KIND]; KIND is one of: {', '.join(KINDS)}")
+    rows = components_table(argv[0] if argv else None)
+    header = ("KIND", "NAME", "SOURCE", "STATUS")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    if not plugins_enabled():
+        print("(plugin discovery is disabled by HTHLIGHT_NO_PLUGINS)")
+    return 1 if any(r[3].startswith("failed") for r in rows) else 0
+
+
+def run_eval(argv: Sequence[str]) -> int:
+    if not argv or argv[0] != "digits":
+        raise HthlightError("usage: hthlight eval digits PRED_DIR [--min-accuracy X]")
+    from hthlight.eval import digits
+
+    return digits.main(list(argv[1:]))
+
+
+def run_lightning(argv: Sequence[str] | None) -> None:
+    """Run LightningCLI on ``argv`` (None: on ``sys.argv``, as a console script does)."""
+    from hthlight.lightning_cli import HthlightCLI
+
+    HthlightCLI(args=None if argv is None else list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "components":
+            return print_components(argv[1:])
+        if argv and argv[0] == "eval":
+            return run_eval(argv[1:])
+        if not argv or argv[0] in ("-h", "--help"):
+            run_lightning(["--help"])  # exits
+        run_lightning(None if from_command_line else argv)
+        return 0
+    except HthlightError as exc:
+        print(f"hthlight: error: {exc}", file=sys.stderr)
+        if os.environ.get("HTHLIGHT_DEBUG"):
+            raise
+        return 2
+
+
+def entry_point() -> None:
+    sys.exit(main())

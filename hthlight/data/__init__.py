@@ -1,0 +1,7 @@
+"""Image data modules and sampling requests."""
+
+from hthlight.data.digits import DigitsDataModule
+from hthlight.data.image_folder import ImageFolderDataModule
+from hthlight.data.requests import SamplingRequests
+
+__all__ = ["DigitsDataModule", "ImageFolderDataModule", "SamplingRequests"]

@@ -1,0 +1,281 @@
+"""DiffusionModule: the LightningModule that trains a denoiser and samples from it.
+
+Training minimises the scheduler's objective (rectified flow by default) on VAE latents; an
+EMA copy of the denoiser is kept for sampling and saved in checkpoints; ``predict`` turns
+sampling requests (label, seed, index) into images. The denoiser is built in
+:meth:`configure_model` so sharded strategies can build it directly on their devices.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from hthlight.diffusion.samplers import get_sampler, guided
+from hthlight.ema import ema_decay, ema_update
+from hthlight.errors import ConfigError
+from hthlight.models.denoiser import Denoiser, DenoiserConfig
+from hthlight.registry import build_from_spec
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warm-up then cosine (or constant) learning rate.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (not applied to biases, norms, or SSM ``A_log``/``D``/``dt_bias``).
+        betas: Adam betas.
+        eps: Adam epsilon.
+        warmup_steps: linear warm-up steps from 0 to ``lr``.
+        schedule: ``cosine`` decay to ``min_lr_ratio * lr`` at the last step, or ``constant``.
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine).
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the denoiser's weights.
+
+    Args:
+        decay: EMA decay per optimizer step; 0 disables the EMA.
+        warmup: use ``min(decay, (1 + step) / (10 + step))`` early in training.
+        use_for_sampling: sample with the EMA weights (else the trained weights).
+    """
+
+    decay: float = 0.9999
+    warmup: bool = True
+    use_for_sampling: bool = True
+
+
+@dataclass
+class SamplingConfig:
+    """How ``predict`` and sample callbacks generate.
+
+    Args:
+        sampler: ``euler`` (= DDIM on the flow path) or ``heun``.
+        steps: number of sampler steps.
+        cfg_scale: classifier-free guidance scale (1: no guidance).
+    """
+
+    sampler: str = "euler"
+    steps: int = 50
+    cfg_scale: float = 4.0
+
+
+def _as(cls, value):
+    return cls(**value) if isinstance(value, Mapping) else value
+
+
+class DiffusionModule(L.LightningModule):
+    """Train and sample a diffusion denoiser.
+
+    Args:
+        denoiser: the denoiser architecture.
+        scheduler: diffusion objective and time grid (registry kind ``scheduler``).
+        vae: autoencoder to latent space (registry kind ``vae``; ``identity`` for pixels).
+        optimizer: optimizer and learning-rate schedule.
+        ema: weight EMA.
+        sampling: sampler settings for predict and sample logging.
+        image_size: pixel size of generated images (set from the data module by the CLI).
+        num_frames: frames per generated sample (1 for images).
+    """
+
+    def __init__(
+        self,
+        denoiser: DenoiserConfig,
+        scheduler: str | dict[str, Any] = "rectified_flow",
+        vae: str | dict[str, Any] = "identity",
+        optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008 (dataclass default shown by --print_config)
+        ema: EMAConfig = EMAConfig(),  # noqa: B008
+        sampling: SamplingConfig = SamplingConfig(),  # noqa: B008
+        image_size: int | None = None,
+        num_frames: int = 1,
+    ) -> None:
+        super().__init__()
+        self.denoiser_config = _as(DenoiserConfig, denoiser)
+        self.optimizer_config = _as(OptimizerConfig, optimizer)
+        self.ema_config = _as(EMAConfig, ema)
+        self.sampling = _as(SamplingConfig, sampling)
+        self.image_size = image_size
+        self.num_frames = num_frames
+        self.save_hyperparameters(
+            {
+                "denoiser": asdict(self.denoiser_config),
+                "scheduler": scheduler,
+                "vae": vae,
+                "optimizer": asdict(self.optimizer_config),
+                "ema": asdict(self.ema_config),
+                "sampling": asdict(self.sampling),
+                "image_size": image_size,
+                "num_frames": num_frames,
+            }
+        )
+        self.scheduler = build_from_spec("scheduler", scheduler)
+        self.vae = build_from_spec("vae", vae)
+        if isinstance(self.vae, nn.Module):
+            self.vae.requires_grad_(False)
+        get_sampler(self.sampling.sampler)  # fail now, not after training
+        if not 0.0 <= self.ema_config.decay < 1.0:
+            raise ConfigError(f"ema.decay must be in [0, 1), got {self.ema_config.decay}")
+        with torch.device("meta"):  # validates names, kwargs and shapes without allocating
+            Denoiser(self.denoiser_config)
+        self.denoiser: Denoiser | None = None
+        self.ema_denoiser: Denoiser | None = None
+
+    # ------------------------------------------------------------------ model
+    def configure_model(self) -> None:
+        if self.denoiser is not None:
+            return
+        self.denoiser = Denoiser(self.denoiser_config)
+        if self.ema_config.decay > 0:
+            self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+
+    def sampling_model(self) -> Denoiser:
+        self.configure_model()
+        if self.ema_denoiser is not None and self.ema_config.use_for_sampling:
+            return self.ema_denoiser
+        return self.denoiser
+
+    def configure_callbacks(self):
+        from hthlight.callbacks.skipped import SkippedSamplesReporter
+
+        return [SkippedSamplesReporter()]
+
+    def setup(self, stage: str) -> None:
+        data_channels = getattr(self.trainer.datamodule, "channels", None)
+        if data_channels is None or not hasattr(self.vae, "latent_channels"):
+            return
+        expected = self.vae.latent_channels(data_channels)
+        if expected != self.denoiser_config.in_channels:
+            raise ConfigError(
+                f"the data has {data_channels} channel(s), which the vae turns into {expected}, but "
+                f"model.denoiser.in_channels is {self.denoiser_config.in_channels}; set it to {expected}"
+            )
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if "image" not in batch:  # every sample of the batch was unreadable and skipped
+            return None
+        x0 = self.vae.encode(batch["image"])
+        loss = self.scheduler.loss(lambda x, t: self.denoiser(x, t, batch), x0)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema_denoiser is not None:
+            decay = ema_decay(self.global_step, self.ema_config.decay, self.ema_config.warmup)
+            ema_update(self.ema_denoiser, self.denoiser, decay)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if "image" not in batch:
+            return None
+        x0 = self.vae.encode(batch["image"])
+        generator = torch.Generator().manual_seed(batch_idx)  # the same noise and times every epoch
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        t_B = self.scheduler.sample_time(x0.shape[0], generator=generator).to(x0.device)
+        loss = self.scheduler.loss(lambda x, t: self.denoiser(x, t, batch), x0, noise=noise, t_B=t_B)
+        self.log("val/loss", loss, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_config
+        decay, no_decay = [], []
+        for name, param in self.denoiser.named_parameters():
+            if not param.requires_grad:
+                continue
+            exempt = param.ndim < 2 or getattr(param, "_no_weight_decay", False) or name.endswith(".bias")
+            (no_decay if exempt else decay).append(param)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        schedule = lr_lambda(cfg, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ sampling
+    def sample_shape(self) -> tuple[int, ...]:
+        if self.image_size is None:
+            raise ConfigError("model.image_size is not set; set it (the CLI links it from data.image_size)")
+        factor = getattr(self.vae, "scale_factor", 1)
+        side = self.image_size // factor
+        channels = self.denoiser_config.in_channels
+        if self.num_frames > 1:
+            return (channels, self.num_frames, side, side)
+        return (channels, side, side)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        labels_B: torch.Tensor,
+        seeds_B: Sequence[int] | torch.Tensor,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        sampler: str | None = None,
+    ) -> torch.Tensor:
+        """Images in [-1, 1] for the requested labels; sample i starts from noise seeded by ``seeds_B[i]``."""
+        model = self.sampling_model()
+        steps = steps or self.sampling.steps
+        cfg_scale = self.sampling.cfg_scale if cfg_scale is None else cfg_scale
+        sample = get_sampler(sampler or self.sampling.sampler)
+        device = next(model.parameters()).device
+        shape = self.sample_shape()
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds_B]).to(
+            device
+        )
+        labels_B = torch.as_tensor(labels_B, device=device)
+
+        def conditional(x: torch.Tensor, t_B: torch.Tensor, drop_B: torch.Tensor) -> torch.Tensor:
+            repeats = x.shape[0] // labels_B.shape[0]
+            return model(x, t_B, {"label": labels_B.repeat(repeats)}, drop_B)
+
+        if model.conditioner is None:
+            velocity = lambda x, t_B: model(x, t_B)
+        else:
+            velocity = guided(conditional, cfg_scale)
+        was_training = model.training
+        model.eval()
+        try:
+            times = self.scheduler.sampling_times(steps, device)
+            latents = sample(velocity, noise, times)
+        finally:
+            model.train(was_training)
+        return self.vae.decode(latents).float().clamp(-1, 1)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        images = self.generate(batch["label"], batch["seed"])
+        return {
+            "images": images.cpu(),
+            "label": batch["label"].cpu(),
+            "seed": batch["seed"].cpu(),
+            "index": batch["index"].cpu(),
+        }
+
+
+def lr_lambda(cfg: OptimizerConfig, total_steps: int):
+    """Learning-rate multiplier per step: linear warm-up, then cosine or constant."""
+
+    def multiplier(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier

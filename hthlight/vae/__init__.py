@@ -1,0 +1,1 @@
+"""Autoencoders mapping pixels to the space the denoiser works in."""

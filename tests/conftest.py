@@ -1,0 +1,55 @@
+"""Shared test helpers: tiny configs and fake plugin distributions on sys.path."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_HYDRA = {"name": "hydra", "d_state": 4, "headdim": 8, "expand": 2, "d_conv": 3, "chunk_size": 8}
+TINY_ATTENTION = {"name": "attention", "num_heads": 2, "qk_norm": True}
+
+
+def tiny_denoiser_config(**overrides):
+    config = {
+        "in_channels": 1,
+        "patch_size": 2,
+        "dim": 16,
+        "layout": [{"mixer": TINY_HYDRA, "repeat": 2, "scans": ["h", "v"]}, {"mixer": TINY_ATTENTION}],
+        "conditioner": {"name": "class_label", "num_classes": 10},
+    }
+    config.update(overrides)
+    return config
+
+
+def write_plugin(
+    root: Path, dist: str, version: str, module: str, source: str, entry_points: dict[str, dict[str, str]]
+):
+    """Write an importable module and a ``*.dist-info`` declaring its entry points under ``root``."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = []
+    for group, names in entry_points.items():
+        lines.append(f"[{group}]")
+        lines.extend(f"{name} = {target}" for name, target in names.items())
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def plugin_path(tmp_path, monkeypatch):
+    """A directory on sys.path where tests write fake plugin distributions."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [m for m in sys.modules if m.startswith("fake_plugin")]:
+        del sys.modules[name]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
