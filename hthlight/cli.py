@@ -75,15 +75,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return print_components(argv[1:])
         if argv and argv[0] == "eval":
             return run_eval(argv[1:])
-        if not argv or argv[0] in ("-h", "--help"):
-            run_lightning(["--help"])  # exits
+        if not argv:
+            argv, from_command_line = ["--help"], False
         run_lightning(None if from_command_line else argv)
         return 0
-    except HthlightError as exc:
-        print(f"hthlight: error: {exc}", file=sys.stderr)
-        if os.environ.get("HTHLIGHT_DEBUG"):
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None or os.environ.get("HTHLIGHT_DEBUG"):
             raise
+        print(f"hthlight: error: {user_error}", file=sys.stderr)
         return 2
+
+
+def find_user_error(exc: BaseException | None) -> HthlightError | None:
+    """The :class:`HthlightError` behind ``exc``, also when a library re-raised it wrapped."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, HthlightError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def entry_point() -> None:

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import re
 from pathlib import Path
 
 import lightning as L
+from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
 import hthlight.callbacks
 import hthlight.data  # noqa: F401  (makes data modules selectable by class name)
-from hthlight.errors import HthlightError
+from hthlight.errors import ConfigError, HthlightError
 from hthlight.module import DiffusionModule
 
 _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
+
+DESCRIPTION = """Train and sample diffusion models mixing Hydra state-space mixers with attention.
+
+Typical use:
+  hthlight fit --config configs/digits.yaml
+  hthlight predict --config configs/digits.yaml --ckpt_path runs/digits/checkpoints/last.ckpt
+  hthlight fit --config configs/digits.yaml --print_config     (every option with its default)
+
+More commands:
+  hthlight components [KIND]      registered components: kind, name, source, load status
+  hthlight eval digits PRED_DIR   score digit samples with a classifier of the real digits
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """Keeps the line breaks of the description."""
 
 
 class HthlightCLI(LightningCLI):
@@ -24,6 +44,11 @@ class HthlightCLI(LightningCLI):
 
     def __init__(self, args=None, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # Parse errors raise (instead of printing the whole usage) so main() can print one line.
+        kwargs.setdefault("auto_configure_optimizers", False)  # the optimizer lives in model.optimizer
+        parser_kwargs = {"exit_on_error": False, "description": DESCRIPTION, "formatter_class": _HelpFormatter}
+        parser_kwargs.update({name: {"exit_on_error": False} for name in self.subcommands()})
+        kwargs.setdefault("parser_kwargs", parser_kwargs)
         super().__init__(
             DiffusionModule,
             L.LightningDataModule,
@@ -35,6 +60,12 @@ class HthlightCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.image_size", "model.image_size", apply_on="instantiate")
 
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as exc:
+            raise ConfigError(explain_parse_error(str(exc), self._subcommand_parsers)) from exc
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         ckpt_path = config.get("ckpt_path")
@@ -42,3 +73,27 @@ class HthlightCLI(LightningCLI):
             raise HthlightError(
                 f"checkpoint {ckpt_path!r} does not exist (give an existing .ckpt file, or 'last'/'best')"
             )
+
+
+_UNKNOWN_KEY = re.compile(r"(?:does not accept (?:nested key|option) '?|unrecognized arguments: --)([\w.]+)")
+
+
+def explain_parse_error(message: str, subcommand_parsers: dict) -> str:
+    """Turn jsonargparse's message into one line; for an unknown key, list what is accepted there."""
+    first_line = " ".join(message.split())
+    match = _UNKNOWN_KEY.search(message)
+    subcommand = re.search(r"Subcommand '(\w+)'", message)
+    parser = subcommand_parsers.get(subcommand.group(1) if subcommand else "fit")
+    if match is None or parser is None:
+        return first_line
+    key = match.group(1)
+    known = list(parser.get_defaults().keys())
+    prefix = key.rpartition(".")[0]
+    while prefix and not any(k.startswith(prefix + ".") for k in known):
+        prefix = prefix.rpartition(".")[0]
+    start = len(prefix) + 1 if prefix else 0
+    children = sorted({k[start:].split(".")[0] for k in known if k.startswith(prefix + ".") or not prefix})
+    close = difflib.get_close_matches(key[start:].split(".")[0], children, n=1)
+    hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+    where = f"'{prefix}'" if prefix else "the top level"
+    return f"unknown config key '{key}'{hint}; keys accepted under {where}: {', '.join(children)}"
