@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +148,8 @@ def test_components_lists_builtins_and_a_broken_plugin_without_crashing(tmp_path
         "raise RuntimeError('boom')\n",
         {"hthlight.scans": {"spiral": "fake_plugin_broken:Spiral"}},
     )
-    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    python_path = os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {"PYTHONPATH": python_path, "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [sys.executable, "-m", "hthlight", "components"],
         capture_output=True,
