@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +16,9 @@ import hthlight.callbacks
 import hthlight.data  # noqa: F401  (makes data modules selectable by class name)
 from hthlight.errors import ConfigError, HthlightError
 from hthlight.module import DiffusionModule
+
+# The EMA copy of the denoiser is in eval mode on purpose.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
 

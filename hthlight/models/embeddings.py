@@ -16,8 +16,10 @@ def sinusoid(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> 
     if dim % 2:
         raise ValueError(f"sinusoidal embedding width must be even, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
-    angles = positions.to(torch.float64)[:, None] * freqs[None]
+    # float64 on CPU (cached position tables); float32 on accelerators (per-step timestep features)
+    dtype = torch.float64 if positions.device.type == "cpu" else torch.float32
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=positions.device) / half)
+    angles = positions.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
