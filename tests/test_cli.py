@@ -175,3 +175,18 @@ def test_components_lists_builtins_and_a_broken_plugin_without_crashing(tmp_path
     )
     assert only_mixers.returncode == 0 and "spiral" not in only_mixers.stdout
     assert {line.split()[0] for line in only_mixers.stdout.splitlines()[1:-1]} == {"mixer"}
+
+
+def test_every_shipped_config_parses(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(root / "a" / f"{i}.png")
+    for config in sorted((ROOT / "configs").glob("*.yaml")):
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "--config", str(config), "--data.init_args.root", str(root), "--print_config"]
+                 if "image_folder" in config.name else ["fit", "--config", str(config), "--print_config"])
+        assert info.value.code == 0, config.name
+        assert yaml.safe_load(capsys.readouterr().out)["model"]["denoiser"]["layout"]
