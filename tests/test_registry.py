@@ -179,3 +179,17 @@ def test_spec_errors_are_clear():
     with pytest.raises(ConfigError, match="unknown argument"):
         check_spec("mixer", {"name": "hydra", "d_stat": 3}, provided=("dim",))
     check_spec("mixer", {"name": "hydra", "d_state": 3}, provided=("dim",))
+
+
+def test_every_builtin_resolves_and_the_wheel_ships_every_package():
+    from pathlib import Path
+
+    from setuptools import find_packages
+
+    for kind, names in BUILTINS.items():
+        for name in names:
+            assert callable(hthlight.registry(kind).get(name)), (kind, name)
+    root = Path(__file__).resolve().parents[1]
+    shipped = set(find_packages(str(root), include=["hthlight*"]))
+    on_disk = {".".join(p.relative_to(root).parts[:-1]) for p in (root / "hthlight").rglob("*.py")}
+    assert on_disk <= shipped, f"folders without __init__.py are left out of the wheel: {on_disk - shipped}"

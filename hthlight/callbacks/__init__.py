@@ -2,5 +2,6 @@
 
 from hthlight.callbacks.prediction_writer import PredictionWriter
 from hthlight.callbacks.sample_grid import SampleGridLogger
+from hthlight.callbacks.skipped import SkippedSamplesReporter
 
-__all__ = ["PredictionWriter", "SampleGridLogger"]
+__all__ = ["PredictionWriter", "SampleGridLogger", "SkippedSamplesReporter"]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hthlight.mixers.attention import merge_heads, resolve_heads, split_heads
+from hthlight.mixers.norms import RMSNorm
 
 
 class CrossAttention(nn.Module):
@@ -29,8 +30,8 @@ class CrossAttention(nn.Module):
         k = dim // self.num_heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(context_dim, 2 * dim)
-        self.q_norm = nn.RMSNorm(k, eps=norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(k, eps=norm_eps) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(k, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(k, eps=norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hthlight.mixers.base import TokenMixer
+from hthlight.mixers.norms import RMSNorm
 from hthlight.scans import Grid
 
 
@@ -59,8 +60,8 @@ class AttentionMixer(TokenMixer):
         self.num_heads = resolve_heads(dim, num_heads, head_dim)
         k = dim // self.num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.q_norm = nn.RMSNorm(k, eps=norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(k, eps=norm_eps) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(k, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(k, eps=norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x_BLD: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
