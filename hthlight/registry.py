@@ -42,6 +42,8 @@ BUILTINS: dict[str, dict[str, str]] = {
     "mixer": {
         "attention": "hthlight.mixers.attention:AttentionMixer",
         "hydra": "hthlight.mixers.hydra:HydraMixer",
+        "ssm": "hthlight.mixers.ssm:SSMMixer",
+        "bi_ssm": "hthlight.mixers.ssm:BiSSMMixer",
     },
     "scan": {
         "h": "hthlight.scans:HorizontalScan",
@@ -53,6 +55,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     },
     "conditioner": {
         "class_label": "hthlight.conditioning.labels:ClassLabelConditioner",
+        "text_embedding": "hthlight.conditioning.text:TextEmbeddingConditioner",
     },
     "text_encoder": {},
     "vae": {

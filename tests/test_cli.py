@@ -97,7 +97,10 @@ def test_print_config_shows_defaults(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        (["--model.denoiser.layout", '["hydar"]'], "unknown mixer 'hydar'; registered mixers: attention, hydra"),
+        (
+            ["--model.denoiser.layout", '["hydar"]'],
+            "unknown mixer 'hydar'; registered mixers: attention, bi_ssm, hydra, ssm",
+        ),
         (
             ["--model.denoiser.layout", '[{"mixer": "hydra", "scans": ["hv"]}]'],
             "unknown scan 'hv'; registered scans: h, ht, th, tv, v, vt",
@@ -186,7 +189,10 @@ def test_every_shipped_config_parses(tmp_path, capsys):
         Image.new("RGB", (8, 8)).save(root / "a" / f"{i}.png")
     for config in sorted((ROOT / "configs").glob("*.yaml")):
         with pytest.raises(SystemExit) as info:
-            main(["fit", "--config", str(config), "--data.init_args.root", str(root), "--print_config"]
-                 if "image_folder" in config.name else ["fit", "--config", str(config), "--print_config"])
+            main(
+                ["fit", "--config", str(config), "--data.init_args.root", str(root), "--print_config"]
+                if "image_folder" in config.name
+                else ["fit", "--config", str(config), "--print_config"]
+            )
         assert info.value.code == 0, config.name
         assert yaml.safe_load(capsys.readouterr().out)["model"]["denoiser"]["layout"]

@@ -10,22 +10,17 @@ Hydra module's, so its checkpoints load unchanged.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hthlight.errors import ConfigError
 from hthlight.mixers.base import ScanningMixer
 from hthlight.mixers.norms import GatedRMSNorm
+from hthlight.mixers.ssm_common import check_ssm_config, init_dt_bias_, no_weight_decay
 from hthlight.scans import ScanOrder
 from hthlight.ssd import select_backend
-
-
-def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
 def _shift_right(y_BLHP: torch.Tensor) -> torch.Tensor:
@@ -70,29 +65,20 @@ class HydraMixer(ScanningMixer):
         backend: str = "auto",
     ) -> None:
         super().__init__(dim, scan)
-        d_inner = expand * dim
-        if expand < 1 or d_state < 1 or chunk_size < 1:
-            raise ConfigError(
-                f"expand, d_state and chunk_size must be positive integers, got "
-                f"expand={expand}, d_state={d_state}, chunk_size={chunk_size}"
-            )
-        if d_conv < 1 or d_conv % 2 == 0:
-            raise ConfigError(
-                f"Hydra's convolution is centered, so d_conv must be odd (e.g. 3, 5, 7); got d_conv={d_conv}"
-            )
-        if headdim < 1 or d_inner % headdim:
-            raise ConfigError(
-                f"headdim must divide expand * dim = {d_inner}; got headdim={headdim}. Allowed: {_divisors(d_inner)}"
-            )
-        nheads = d_inner // headdim
-        if ngroups < 1 or nheads % ngroups:
-            raise ConfigError(
-                f"ngroups must divide the number of heads ({nheads} = {d_inner} // headdim {headdim}); "
-                f"got ngroups={ngroups}. Allowed: {_divisors(nheads)}"
-            )
-        if not 0 < dt_min <= dt_max:
-            raise ConfigError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        select_backend(backend)  # fail at construction on an unknown name
+        d_inner, nheads = check_ssm_config(
+            dim,
+            mixer="Hydra",
+            d_conv=d_conv,
+            centered_conv=True,
+            expand=expand,
+            d_state=d_state,
+            headdim=headdim,
+            ngroups=ngroups,
+            chunk_size=chunk_size,
+            dt_min=dt_min,
+            dt_max=dt_max,
+            backend=backend,
+        )
 
         self.d_state = d_state
         self.d_conv = d_conv
@@ -115,8 +101,7 @@ class HydraMixer(ScanningMixer):
         self.dt_bias = nn.Parameter(torch.empty(nheads))
         self.A_log = nn.Parameter(torch.empty(nheads))
         self.D = nn.Parameter(torch.empty(nheads))
-        for param in (self.dt_bias, self.A_log, self.D):
-            param._no_weight_decay = True
+        no_weight_decay(self.dt_bias, self.A_log, self.D)
         self._reset_ssm_parameters()
         self.fc_D = nn.Linear(d_inner, nheads, bias=False)
         self.norm = GatedRMSNorm(d_inner, eps=norm_eps)
@@ -124,11 +109,7 @@ class HydraMixer(ScanningMixer):
 
     @torch.no_grad()
     def _reset_ssm_parameters(self) -> None:
-        # dt ~ log-uniform in [dt_min, dt_max], floored; dt_bias = softplus^{-1}(dt).
-        log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
-        u = torch.rand(self.nheads, device=self.dt_bias.device)
-        dt = torch.exp(u * (log_max - log_min) + log_min).clamp(min=self.dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        init_dt_bias_(self.dt_bias, self.dt_min, self.dt_max, self.dt_init_floor)
         self.A_log.zero_()  # A = -1
         self.D.fill_(1.0)
 

@@ -38,15 +38,17 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(nn.Module):
-    """Gated RMSNorm, norm before gate: ``rmsnorm(x) * weight * silu(z)`` (Mamba-2, Hydra).
+    """Gated RMSNorm over the whole last dimension (one group), Mamba-2's output norm.
 
-    Normalises over the whole last dimension (one group), as Hydra's output norm does.
+    ``norm_before_gate=True`` (Hydra): ``rmsnorm(x) * weight * silu(z)``;
+    ``False`` (Mamba-2's ``Mamba2Simple``): ``rmsnorm(x * silu(z)) * weight``.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, norm_before_gate: bool = True) -> None:
         super().__init__()
         self.dim = dim
         self.eps = eps
+        self.norm_before_gate = norm_before_gate
         self.weight = nn.Parameter(torch.empty(dim))
         self.reset_parameters()
 
@@ -55,8 +57,12 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         dtype = _compute_dtype(x)
-        out = _rms_normalise(x.to(dtype), self.eps) * self.weight.to(dtype) * F.silu(z.to(dtype))
+        gate = F.silu(z.to(dtype))
+        if self.norm_before_gate:
+            out = _rms_normalise(x.to(dtype), self.eps) * self.weight.to(dtype) * gate
+        else:
+            out = _rms_normalise(x.to(dtype) * gate, self.eps) * self.weight.to(dtype)
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.dim}, eps={self.eps}"
+        return f"{self.dim}, eps={self.eps}, norm_before_gate={self.norm_before_gate}"
