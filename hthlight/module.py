@@ -22,6 +22,7 @@ from hthlight.diffusion.samplers import get_sampler, guided
 from hthlight.ema import ema_decay, ema_update
 from hthlight.errors import ConfigError
 from hthlight.models.denoiser import Denoiser, DenoiserConfig
+from hthlight.models.presets import PresetSpec
 from hthlight.registry import build_from_spec
 
 
@@ -82,37 +83,52 @@ def _as(cls, value):
     return cls(**value) if isinstance(value, Mapping) else value
 
 
+def resolve_denoiser(value: DenoiserConfig | PresetSpec | Mapping[str, Any]) -> DenoiserConfig:
+    """A full denoiser config from a config, a preset spec, or their mapping forms."""
+    if isinstance(value, Mapping):
+        value = PresetSpec(**value) if "preset" in value else DenoiserConfig(**value)
+    return value.resolve() if isinstance(value, PresetSpec) else value
+
+
 class DiffusionModule(L.LightningModule):
     """Train and sample a diffusion denoiser.
 
     Args:
-        denoiser: the denoiser architecture.
+        denoiser: the denoiser architecture, in full or as a preset
+            (``{preset: dit-s/2, overrides: {in_channels: 1}}``; see ``hthlight.models.presets``).
         scheduler: diffusion objective and time grid (registry kind ``scheduler``).
         vae: autoencoder to latent space (registry kind ``vae``; ``identity`` for pixels).
         optimizer: optimizer and learning-rate schedule.
         ema: weight EMA.
         sampling: sampler settings for predict and sample logging.
         image_size: pixel size of generated images (set from the data module by the CLI).
+        sample_height: generate at this height instead of ``image_size`` (any multiple of the
+            patch size times the VAE factor: positions and scans are computed per grid).
+        sample_width: generate at this width instead of ``image_size``.
         num_frames: frames per generated sample (1 for images).
     """
 
     def __init__(
         self,
-        denoiser: DenoiserConfig,
+        denoiser: DenoiserConfig | PresetSpec,
         scheduler: str | dict[str, Any] = "rectified_flow",
         vae: str | dict[str, Any] = "identity",
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008 (dataclass default shown by --print_config)
         ema: EMAConfig = EMAConfig(),  # noqa: B008
         sampling: SamplingConfig = SamplingConfig(),  # noqa: B008
         image_size: int | None = None,
+        sample_height: int | None = None,
+        sample_width: int | None = None,
         num_frames: int = 1,
     ) -> None:
         super().__init__()
-        self.denoiser_config = _as(DenoiserConfig, denoiser)
+        self.denoiser_config = resolve_denoiser(denoiser)
         self.optimizer_config = _as(OptimizerConfig, optimizer)
         self.ema_config = _as(EMAConfig, ema)
         self.sampling = _as(SamplingConfig, sampling)
         self.image_size = image_size
+        self.sample_height = sample_height
+        self.sample_width = sample_width
         self.num_frames = num_frames
         self.save_hyperparameters(
             {
@@ -123,6 +139,8 @@ class DiffusionModule(L.LightningModule):
                 "ema": asdict(self.ema_config),
                 "sampling": asdict(self.sampling),
                 "image_size": image_size,
+                "sample_height": sample_height,
+                "sample_width": sample_width,
                 "num_frames": num_frames,
             }
         )
@@ -210,25 +228,35 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------ sampling
     def sample_shape(self) -> tuple[int, ...]:
-        if self.image_size is None:
+        """Latent shape of one sample: ``(C, H, W)`` or ``(C, T, H, W)``."""
+        height = self.sample_height or self.image_size
+        width = self.sample_width or self.image_size
+        if height is None or width is None:
             raise ConfigError("model.image_size is not set; set it (the CLI links it from data.image_size)")
         factor = getattr(self.vae, "scale_factor", 1)
-        side = self.image_size // factor
-        channels = self.denoiser_config.in_channels
-        if self.num_frames > 1:
-            return (channels, self.num_frames, side, side)
-        return (channels, side, side)
+        multiple = factor * self.denoiser_config.patch_size
+        if height % multiple or width % multiple:
+            raise ConfigError(
+                f"sample size {height}x{width} must be a multiple of {multiple} (patch size x VAE down-sampling)"
+            )
+        spatial = (height // factor, width // factor)
+        frames = (self.num_frames,) if self.num_frames > 1 else ()
+        return (self.denoiser_config.in_channels, *frames, *spatial)
 
     @torch.no_grad()
     def generate(
         self,
-        labels_B: torch.Tensor,
+        condition: Mapping[str, Any] | torch.Tensor | None,
         seeds_B: Sequence[int] | torch.Tensor,
         steps: int | None = None,
         cfg_scale: float | None = None,
         sampler: str | None = None,
     ) -> torch.Tensor:
-        """Images in [-1, 1] for the requested labels; sample i starts from noise seeded by ``seeds_B[i]``."""
+        """Images in [-1, 1]; sample i starts from noise seeded by ``seeds_B[i]``.
+
+        ``condition`` holds what the conditioner reads, one row per sample (``{"label": ...}``,
+        or ``{"context": ..., "context_mask": ...}`` for text); a tensor is taken as labels.
+        """
         model = self.sampling_model()
         steps = steps or self.sampling.steps
         cfg_scale = self.sampling.cfg_scale if cfg_scale is None else cfg_scale
@@ -238,11 +266,14 @@ class DiffusionModule(L.LightningModule):
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds_B]).to(
             device
         )
-        labels_B = torch.as_tensor(labels_B, device=device)
+        if condition is not None and not isinstance(condition, Mapping):
+            condition = {"label": condition}
+        condition = {k: torch.as_tensor(v).to(device) for k, v in (condition or {}).items()}
 
         def conditional(x: torch.Tensor, t_B: torch.Tensor, drop_B: torch.Tensor) -> torch.Tensor:
-            repeats = x.shape[0] // labels_B.shape[0]
-            return model(x, t_B, {"label": labels_B.repeat(repeats)}, drop_B)
+            repeats = x.shape[0] // noise.shape[0]  # guidance evaluates both halves as one batch
+            batch = {k: v.repeat(repeats, *[1] * (v.ndim - 1)) for k, v in condition.items()}
+            return model(x, t_B, batch, drop_B)
 
         if model.conditioner is None:
             velocity = lambda x, t_B: model(x, t_B)
@@ -258,7 +289,8 @@ class DiffusionModule(L.LightningModule):
         return self.vae.decode(latents).float().clamp(-1, 1)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        images = self.generate(batch["label"], batch["seed"])
+        condition = {k: v for k, v in batch.items() if k not in ("seed", "index")}
+        images = self.generate(condition, batch["seed"])
         return {
             "images": images.cpu(),
             "label": batch["label"].cpu(),

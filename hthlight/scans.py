@@ -63,6 +63,13 @@ class ScanOrder:
 
 @functools.lru_cache(maxsize=256)
 def _cached(scan: ScanOrder, grid: Grid, device: torch.device, inverse: bool) -> torch.Tensor:
+    # Cached tensors outlive the call: never let them be inference tensors (Lightning validates
+    # under inference_mode, and a later training step must be able to save them for backward).
+    with torch.inference_mode(False):
+        return _build(scan, grid, device, inverse)
+
+
+def _build(scan: ScanOrder, grid: Grid, device: torch.device, inverse: bool) -> torch.Tensor:
     perm = scan.order(*grid).to(torch.long)
     n = grid[0] * grid[1] * grid[2]
     if perm.shape != (n,) or not torch.equal(torch.sort(perm).values, torch.arange(n)):

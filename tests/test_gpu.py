@@ -66,8 +66,15 @@ def test_attention_bf16_sdpa_matches_float32_math(qk_norm):
 
 
 def test_denoiser_bf16_autocast_matches_float32():
-    model = Denoiser(tiny_denoiser_config(dim=64, layout=[{"mixer": {"name": "hydra", "d_state": 16, "headdim": 16},
-                                                           "repeat": 2, "scans": ["h", "v"]}, "attention"])).cuda()
+    model = Denoiser(
+        tiny_denoiser_config(
+            dim=64,
+            layout=[
+                {"mixer": {"name": "hydra", "d_state": 16, "headdim": 16}, "repeat": 2, "scans": ["h", "v"]},
+                "attention",
+            ],
+        )
+    ).cuda()
     with torch.no_grad():
         model.final.linear.weight.normal_(0, 0.02)
     x, t, labels = torch.randn(4, 1, 32, 32, device="cuda"), torch.rand(4, device="cuda"), torch.arange(4).cuda()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hthlight.errors import ConfigError
-from hthlight.models.layout import expand_layout
+from hthlight.models.layout import expand_blocks, expand_layout
 
 HTH_LAYOUT = [
     {
@@ -26,8 +26,8 @@ def test_hth_5b_layout_expands_to_33_blocks_with_alternating_scans():
         assert [b["name"] for b in blocks] == ["hydra"] * 10 + ["attention"]
         assert [b["scan"] for b in blocks[:10]] == ["h", "v"] * 5
         assert all(b["d_state"] == 256 for b in blocks[:10])
-    specs[0]["d_state"] = 1  # expanded specs are independent copies
-    assert specs[2]["d_state"] == 256
+    specs[0]["d_state"] = 1  # expanded specs are independent copies, also across group repeats
+    assert specs[2]["d_state"] == 256 and specs[11]["d_state"] == 256
 
 
 def test_string_entries_and_class_path_scans():
@@ -55,3 +55,13 @@ def test_string_entries_and_class_path_scans():
 def test_bad_layouts(layout, message):
     with pytest.raises(ConfigError, match=message):
         expand_layout(layout)
+
+
+def test_block_options_travel_with_each_block():
+    blocks = expand_blocks([{"repeat": 2, "layout": ["attention", {"mixer": "bi_ssm", "block": {"mlp_ratio": 0}}]}])
+    assert [b.mixer for b in blocks] == ["attention", "bi_ssm"] * 2
+    assert [b.options for b in blocks] == [{}, {"mlp_ratio": 0}] * 2
+    with pytest.raises(ConfigError, match="unknown block option"):
+        expand_blocks([{"mixer": "hydra", "block": {"mlp": 0}}])
+    with pytest.raises(ConfigError, match="'block' belongs on a mixer entry"):
+        expand_blocks([{"layout": ["hydra"], "block": {"mlp_ratio": 0}}])

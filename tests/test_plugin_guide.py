@@ -40,17 +40,31 @@ def test_plugin_from_the_guide_is_listed_and_trains(tmp_path):
     (info / "entry_points.txt").write_text(entry_points)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    listed = subprocess.run([sys.executable, "-m", "hthlight", "components", "mixer"], capture_output=True,
-                            text=True, env=env, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "hthlight", "components", "mixer"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert listed.returncode == 0, listed.stderr
     row = next(line.split() for line in listed.stdout.splitlines() if "gated_cumsum" in line)
     assert row == ["mixer", "gated_cumsum", "distribution", "my-mixers", "0.1.0", "ok"]
 
     layout = "[{mixer: gated_cumsum, repeat: 2, scans: [h, v]}, {mixer: {name: attention, num_heads: 2}}]"
     fit = subprocess.run(
-        [sys.executable, "-m", "hthlight", "fit", "--config", str(tiny_config(tmp_path)),
-         "--model.denoiser.layout", layout, "--trainer.max_steps", "2"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "hthlight",
+            "fit",
+            "--config",
+            str(tiny_config(tmp_path)),
+            "--model.denoiser.layout",
+            layout,
+            "--trainer.max_steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert fit.returncode == 0, fit.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

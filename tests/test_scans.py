@@ -70,3 +70,14 @@ def test_bad_grid_and_bad_custom_order_are_reported():
 
     with pytest.raises(ValueError, match="not a permutation"):
         Broken().permutation(1, 2, 2)
+
+
+def test_permutations_first_built_under_inference_mode_still_train():
+    from hthlight.mixers.hydra import HydraMixer
+
+    mixer = HydraMixer(dim=8, scan="v", d_state=2, headdim=4, chunk_size=4)
+    x = torch.randn(1, 3 * 7, 8)
+    with torch.inference_mode():  # as in Lightning's sanity-check validation
+        mixer(x, (1, 3, 7))
+    mixer(x.requires_grad_(), (1, 3, 7)).sum().backward()
+    assert x.grad is not None

@@ -68,7 +68,7 @@ class PredictionWriter(BasePredictionWriter):
             "steps": sampling.steps,
             "cfg_scale": sampling.cfg_scale,
             "ema": pl_module.ema_denoiser is not None and pl_module.ema_config.use_for_sampling,
-            "image_size": pl_module.image_size,
+            "sample_shape": list(pl_module.sample_shape()),
             "num_frames": pl_module.num_frames,
             "seeds": "per sample, listed in predictions.jsonl",
             "hthlight_version": hthlight.__version__,

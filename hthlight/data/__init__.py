@@ -3,5 +3,6 @@
 from hthlight.data.digits import DigitsDataModule
 from hthlight.data.image_folder import ImageFolderDataModule
 from hthlight.data.requests import SamplingRequests
+from hthlight.data.sampling import SamplingDataModule
 
-__all__ = ["DigitsDataModule", "ImageFolderDataModule", "SamplingRequests"]
+__all__ = ["DigitsDataModule", "ImageFolderDataModule", "SamplingDataModule", "SamplingRequests"]

@@ -83,7 +83,9 @@ class AttentionMixer(TokenMixer):
         self.k_norm = RMSNorm(k, eps=norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def rotate(self, q_BHLK: torch.Tensor, k_BHLK: torch.Tensor, grid: Grid | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rotate(
+        self, q_BHLK: torch.Tensor, k_BHLK: torch.Tensor, grid: Grid | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply axial RoPE for ``grid`` to queries and keys (no-op without ``rope``)."""
         if not self.rope:
             return q_BHLK, k_BHLK

@@ -1,4 +1,9 @@
-"""Patch, position and timestep embeddings (DiT, Peebles & Xie 2023; HTH sec. 3.2)."""
+"""Patch, position and timestep embeddings (DiT, Peebles & Xie 2023; HTH sec. 3.2).
+
+Absolute sin-cos positions (optionally interpolated to a base grid, PixArt-alpha) are added
+to the tokens; axial rotary positions (RoFormer, Su et al. 2024) rotate attention's q and k.
+Position tables are cached on the CPU per grid and built outside inference mode.
+"""
 
 from __future__ import annotations
 
@@ -23,29 +28,114 @@ def sinusoid(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> 
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
+def _cpu_arange(n: int) -> torch.Tensor:
+    # explicit device: a surrounding ``torch.device("meta")`` context must not leak into cached tables
+    return torch.arange(n, dtype=torch.float64, device="cpu")
+
+
+def _axis_positions(n: int, base: int | None) -> torch.Tensor:
+    """Positions of ``n`` tokens along a spatial axis: ``0..n-1``, or ``arange(n) * base / n`` (PixArt)."""
+    positions = _cpu_arange(n)
+    return positions if base is None else positions * (base / n)
+
+
 @functools.lru_cache(maxsize=64)
-def _sincos_position_table(grid: Grid, dim: int) -> torch.Tensor:
+def _sincos_position_table(grid: Grid, dim: int, base: int | None = None) -> torch.Tensor:
     t, h, w = grid
     if dim % 4:
         raise ValueError(f"2D sinusoidal positions need a width divisible by 4, got {dim}")
-    rows = sinusoid(torch.arange(h), dim // 2)  # (h, dim/2)
-    cols = sinusoid(torch.arange(w), dim // 2)  # (w, dim/2)
-    spatial_HWD = torch.cat([rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=-1)
-    # Time enters as a full-width 1D sinusoid relative to frame 0, so a one-frame clip gets
-    # exactly the image embedding and image checkpoints transfer to video unchanged.
-    frames = sinusoid(torch.arange(t), dim)
-    temporal_TD = frames - frames[:1]
-    table = temporal_TD[:, None, None, :] + spatial_HWD[None]
-    return table.reshape(t * h * w, dim).to(torch.float32)
+    if base is not None and base < 1:
+        raise ValueError(f"position interpolation base must be a positive number of tokens, got {base}")
+    with torch.inference_mode(False):  # a table first built under inference mode must still serve training
+        rows = sinusoid(_axis_positions(h, base), dim // 2)  # (h, dim/2)
+        cols = sinusoid(_axis_positions(w, base), dim // 2)  # (w, dim/2)
+        spatial_HWD = torch.cat([rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=-1)
+        # Time enters as a full-width 1D sinusoid relative to frame 0, so a one-frame clip gets
+        # exactly the image embedding and image checkpoints transfer to video unchanged.
+        frames = sinusoid(_cpu_arange(t), dim)
+        temporal_TD = frames - frames[:1]
+        table = temporal_TD[:, None, None, :] + spatial_HWD[None]
+        return table.reshape(t * h * w, dim).to(torch.float32)
 
 
-def sincos_position_embedding(grid: Grid, dim: int, device=None, dtype=None) -> torch.Tensor:
+def sincos_position_embedding(grid: Grid, dim: int, device=None, dtype=None, base: int | None = None) -> torch.Tensor:
     """Fixed absolute positions for the actual ``(t, h, w)`` token grid: ``(t*h*w, dim)``.
 
     Spatial: DiT's 2D sin-cos (half the channels for rows, half for columns); temporal: a
-    1D sin-cos added on top, zero at frame 0.
+    1D sin-cos added on top, zero at frame 0. ``base`` (PixArt-alpha, Chen et al. 2024;
+    Dimba): positional-embedding interpolation for a model fine-tuned away from its base
+    resolution: an axis of ``n`` tokens gets positions ``arange(n) * base / n``, so every grid
+    spans the base grid's range ``[0, base)``; a grid of ``k * base`` tokens samples the base
+    table's positions at steps of ``1/k``. Without ``base`` positions are ``0..n-1``. Time is
+    never interpolated.
     """
-    return _sincos_position_table(tuple(int(n) for n in grid), dim).to(device=device, dtype=dtype)
+    key = tuple(int(n) for n in grid)
+    return _sincos_position_table(key, dim, None if base is None else int(base)).to(device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- rotary positions
+def rope_axis_pairs(head_dim: int) -> tuple[int, int, int]:
+    """How many rotary pairs of a head rotate with t, h and w (axial RoPE).
+
+    A head of width K has K/2 pairs. h and w get ``(K/2 - K/2 // 4) // 2`` pairs each (equal,
+    so transposing an image is symmetric); t gets the rest, about a quarter. E.g. K=64:
+    (8, 12, 12); K=128: (16, 24, 24); K=8: (2, 1, 1). For a one-frame grid the t pairs are not
+    rotated (angle 0 at frame 0), so images and frame 0 of a video agree.
+    """
+    if head_dim < 2 or head_dim % 2:
+        raise ValueError(f"rotary positions need an even head width, got {head_dim}")
+    pairs = head_dim // 2
+    spatial = (pairs - pairs // 4) // 2
+    return pairs - 2 * spatial, spatial, spatial
+
+
+def _axis_angles(n: int, pairs: int, theta: float) -> torch.Tensor:
+    """1D RoPE angles ``position * theta^(-j/pairs)``: ``(n, pairs)``, zero at position 0."""
+    freqs = theta ** (-_cpu_arange(pairs) / max(pairs, 1))
+    return _cpu_arange(n)[:, None] * freqs[None]
+
+
+@functools.lru_cache(maxsize=64)
+def _rope_angles(grid: Grid, head_dim: int, theta: float) -> torch.Tensor:
+    t, h, w = grid
+    n_t, n_h, n_w = rope_axis_pairs(head_dim)
+    with torch.inference_mode(False):
+        at = _axis_angles(t, n_t, theta)[:, None, None].expand(t, h, w, n_t)
+        ah = _axis_angles(h, n_h, theta)[None, :, None].expand(t, h, w, n_h)
+        aw = _axis_angles(w, n_w, theta)[None, None, :].expand(t, h, w, n_w)
+        return torch.cat([at, ah, aw], dim=-1).reshape(t * h * w, head_dim // 2)  # float64
+
+
+@functools.lru_cache(maxsize=128)
+def _rope_tables(grid: Grid, head_dim: int, theta: float, device: torch.device, dtype: torch.dtype):
+    with torch.inference_mode(False):
+        angles = _rope_angles(grid, head_dim, theta)
+        return torch.cos(angles).to(device, dtype), torch.sin(angles).to(device, dtype)
+
+
+def rope_tables(
+    grid: Grid, head_dim: int, theta: float = 10000.0, device=None, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Axial rotary tables (RoFormer, Su et al. 2024) for a ``(t, h, w)`` grid: ``cos, sin`` of ``(L, K/2)``.
+
+    Row ``i`` is token ``i`` in canonical row-major order; columns are the head's rotary
+    pairs, the first ``n_t`` rotating with the frame index, then ``n_h`` with the row and
+    ``n_w`` with the column (:func:`rope_axis_pairs`), each axis with its own 1D frequency
+    ladder ``theta^(-j/n_axis)``. Cached per (grid, head_dim, theta, device, dtype).
+    """
+    key = tuple(int(n) for n in grid)
+    return _rope_tables(key, int(head_dim), float(theta), torch.device(device or "cpu"), dtype)
+
+
+def apply_rope(x_BHLK: torch.Tensor, cos_LK: torch.Tensor, sin_LK: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair ``(x[..., i], x[..., i + K/2])`` by the angle of table column ``i``.
+
+    Computed in at least float32 and returned in ``x``'s dtype; ``cos``/``sin`` are ``(L, K/2)``.
+    """
+    dtype = torch.promote_types(x_BHLK.dtype, torch.float32)
+    x1, x2 = x_BHLK.to(dtype).chunk(2, dim=-1)
+    cos, sin = cos_LK.to(dtype), sin_LK.to(dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x_BHLK.dtype)
 
 
 class TimestepEmbedder(nn.Module):
