@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
@@ -21,6 +22,8 @@ from hthlight.module import DiffusionModule
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
+#: hyperparameters a checkpoint dictates: they must match its weights
+ARCHITECTURE_HPARAMS = ("denoiser", "scheduler", "vae", "num_frames")
 
 DESCRIPTION = """Train and sample diffusion models mixing Hydra state-space mixers with attention.
 
@@ -69,6 +72,22 @@ class HthlightCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as exc:
             raise ConfigError(explain_parse_error(str(exc), self._subcommand_parsers)) from exc
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the architecture (denoiser, scheduler, vae) from ``--ckpt_path``'s hyperparameters.
+
+        Lightning would apply every saved hyperparameter over the command line; run-time
+        settings (sampling steps, guidance, sample size, optimizer) must stay overridable.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        architecture = {k: hparams[k] for k in ARCHITECTURE_HPARAMS if k in hparams}
+        if architecture:
+            self.config[subcommand]["model"]["denoiser"] = None  # replace, do not merge into a preset spec
+            self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
