@@ -34,7 +34,8 @@ def hthlight(*args: str, log: Path) -> None:
         )
 
 
-def last_scalar(log_dir: Path, tag: str) -> float | None:
+def scalar_curve(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of a TensorBoard scalar, from the newest run under ``log_dir``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values = []
@@ -42,8 +43,8 @@ def last_scalar(log_dir: Path, tag: str) -> float | None:
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         if tag in acc.Tags()["scalars"]:
-            values = acc.Scalars(tag)
-    return values[-1].value if values else None
+            values = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return values
 
 
 def checkerboard_energy(sample_dir: Path) -> float:
@@ -58,8 +59,10 @@ def checkerboard_energy(sample_dir: Path) -> float:
     return float(np.mean(shares))
 
 
-def run_variant(name: str, steps: int, out: Path) -> dict:
+def run_variant(name: str, steps: int, out: Path, patch_size: int | None) -> dict:
     config = ["--config", "configs/ablation/base.yaml", "--config", f"configs/ablation/{name}.yaml"]
+    if patch_size:
+        config += ["--model.denoiser.patch_size", str(patch_size)]
     run = out / name
     log = out / f"{name}.log"
     start = time.time()
@@ -76,7 +79,8 @@ def run_variant(name: str, steps: int, out: Path) -> dict:
     )
     train_s = time.time() - start
     checkpoint = sorted(run.rglob("last.ckpt"))[-1]
-    result = {"variant": name, "train_s": round(train_s), "val_loss": last_scalar(run, "val/loss")}
+    curve = scalar_curve(run, "val/loss")
+    result = {"variant": name, "train_s": round(train_s), "val_loss": curve[-1][1], "val_loss_curve": curve}
     for side in (16, 32):
         samples = out / f"{name}_samples_{side}"
         writer = json.dumps(
@@ -112,15 +116,16 @@ def main() -> None:
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--parallel", type=int, default=len(VARIANTS))
+    parser.add_argument("--patch-size", type=int, default=None, help="override the configs' patch size (4)")
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(args.parallel) as pool:
-        results = list(pool.map(lambda v: run_variant(v, args.steps, out), args.variants))
+        results = list(pool.map(lambda v: run_variant(v, args.steps, out, args.patch_size), args.variants))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     columns = [
         "variant",
-        "val loss",
+        "val loss at 1/4, 1/2, end",
         "train s",
         "accuracy 16 px",
         "accuracy 32 px (zero-shot)",
@@ -130,8 +135,10 @@ def main() -> None:
     print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
+        curve = [v for _, v in r["val_loss_curve"]]
+        losses = ", ".join(f"{curve[min(len(curve) - 1, int(q * len(curve)))]:.4f}" for q in (0.25, 0.5, 1.0))
         print(
-            f"| {r['variant']} | {r['val_loss']:.4f} | {r['train_s']} | {r['accuracy_16px']:.3f} | "
+            f"| {r['variant']} | {losses} | {r['train_s']} | {r['accuracy_16px']:.3f} | "
             f"{r['accuracy_32px']:.3f} | {r['checkerboard_16px']:.4f} | {r['checkerboard_32px']:.4f} |"
         )
 
