@@ -88,3 +88,38 @@ def test_every_preset_builds_on_meta_and_docs_table_is_current():
     assert table.count("\n| `") == len(presets.names())
     docs = (ROOT / "docs" / "presets.md").read_text()
     assert table in docs, "docs/presets.md is stale: regenerate with python -m hthlight.models.presets"
+
+
+TEXT = {"context": torch.randn(2, 5, 16), "context_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()}
+LABELS = {"label": torch.tensor([3, 7])}
+SMALL = {
+    "hth-s": (
+        {
+            "dim": 64,
+            "heads": 2,
+            "groups": 1,
+            "hydra_per_group": 2,
+            "d_state": 8,
+            "headdim": 16,
+            "text_width": 16,
+            "in_channels": 1,
+        },
+        TEXT,
+    ),
+    "dim-s/2": ({"dim": 64, "depth": 2, "headdim": 16, "d_state": 8, "num_classes": 10, "in_channels": 1}, LABELS),
+    "dimba-l": (
+        {"dim": 64, "depth": 2, "heads": 2, "headdim": 16, "d_state": 8, "text_width": 16, "in_channels": 1},
+        TEXT,
+    ),
+    "dit-s/2": ({"dim": 64, "depth": 2, "heads": 2, "num_classes": 10, "in_channels": 1}, LABELS),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_every_family_samples_at_unseen_sizes_and_aspect_ratios(name):
+    overrides, condition = SMALL[name]
+    model = presets.build(name, **overrides).eval()
+    for height, width in [(8, 8), (12, 20), (16, 6)]:
+        x = torch.randn(2, 1, height, width)
+        out = model(x, torch.rand(2), condition)
+        assert out.shape == x.shape and torch.isfinite(out).all()
