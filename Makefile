@@ -1,9 +1,11 @@
 # make demo  -- set up .venv, train the embedded digits demo on CPU, sample, and score the samples
-# make test  -- set up .venv, lint (ruff) and run the CPU test suite
+# make test  -- set up .venv (with the example plugins), lint (ruff), run the CPU test suite and the plugins' tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PLUGINS_STAMP := $(VENV)/.plugins-installed
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
 DEMO_DIR := runs/digits
 
 .PHONY: setup demo test lint clean
@@ -29,9 +31,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+$(PLUGINS_STAMP): $(STAMP) $(PLUGINS)
+	$(BIN)/python -m pip install -q --no-deps $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	touch $(PLUGINS_STAMP)
+
+test: $(PLUGINS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+	for plugin in $(dir $(PLUGINS)); do (cd $$plugin && $(CURDIR)/$(BIN)/pytest -q tests) || exit 1; done
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ import hthlight.callbacks
 import hthlight.data  # noqa: F401  (makes data modules selectable by class name)
 from hthlight.errors import ConfigError, HthlightError
 from hthlight.module import DiffusionModule
+from hthlight.registry import remember_provenance
 
 # The EMA copy of the denoiser is in eval mode on purpose.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
@@ -83,7 +84,9 @@ class HthlightCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        remember_provenance(checkpoint.get("hthlight_plugins", {}))
+        hparams = checkpoint.get("hyper_parameters", {})
         architecture = {k: hparams[k] for k in ARCHITECTURE_HPARAMS if k in hparams}
         if architecture:
             self.config[subcommand]["model"]["denoiser"] = None  # replace, do not merge into a preset spec

@@ -23,7 +23,7 @@ from hthlight.ema import ema_decay, ema_update
 from hthlight.errors import ConfigError
 from hthlight.models.denoiser import Denoiser, DenoiserConfig
 from hthlight.models.presets import PresetSpec
-from hthlight.registry import build_from_spec
+from hthlight.registry import build_from_spec, plugin_provenance
 
 
 @dataclass
@@ -169,6 +169,9 @@ class DiffusionModule(L.LightningModule):
         if self.ema_denoiser is not None and self.ema_config.use_for_sampling:
             return self.ema_denoiser
         return self.denoiser
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["hthlight_plugins"] = plugin_provenance()  # names the plugins to install to load it
 
     def configure_callbacks(self):
         from hthlight.callbacks.skipped import SkippedSamplesReporter

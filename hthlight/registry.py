@@ -115,11 +115,41 @@ class Entry:
                 self._loaded = _import_target(self.target)
             except Exception as exc:  # a plugin may raise anything at import time
                 self.error = f"{type(exc).__name__}: {exc}"
+                missing = self.missing_requirements()
+                if missing:
+                    self.error += f"; not installed: {', '.join(missing)}"
                 raise ComponentLoadError(self._failure_message()) from exc
         return self._loaded
 
     def _failure_message(self) -> str:
         return f"{self.kind} {self.name!r} from {self.source} failed to load: {self.error}"
+
+    def missing_requirements(self) -> list[str]:
+        """Requirements of the providing distribution that are not installed (with their extra)."""
+        return missing_requirements(self.distribution) if self.distribution else []
+
+
+def missing_requirements(distribution: str) -> list[str]:
+    """``["fla-core (extra 'gpu': pip install 'dist[gpu]')", ...]`` for uninstalled requirements."""
+    import re
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    missing = []
+    for text in metadata.requires(distribution) or []:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", str(requirement.marker or ""))
+        if requirement.marker is not None and extra is None and not requirement.marker.evaluate():
+            continue
+        try:
+            metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            hint = f" (extra '{extra.group(1)}': pip install '{distribution}[{extra.group(1)}]')" if extra else ""
+            missing.append(requirement.name + hint)
+    return list(dict.fromkeys(missing))
 
 
 def _import_target(target: str) -> Any:
@@ -202,8 +232,10 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
+            origin = _PROVENANCE.get((self.kind, name))
+            hint = f"; the checkpoint was made with it from {origin}: install that" if origin else ""
             raise UnknownComponentError(
-                f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(self.names()) or '(none)'}"
+                f"unknown {self.kind} {name!r}{hint}; registered {self.kind}s: {', '.join(self.names()) or '(none)'}"
                 " (or give class_path: package.module.Class)"
             ) from None
 
@@ -216,6 +248,30 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         self._ensure_discovered()
         return name in self._entries
+
+
+#: (kind, name) -> source, for components a loaded checkpoint was trained with
+_PROVENANCE: dict[tuple[str, str], str] = {}
+
+
+def plugin_provenance() -> dict[str, str]:
+    """``{"kind:name": "distribution NAME VERSION"}`` of every plugin component loaded so far.
+
+    Saved in checkpoints, so a checkpoint whose plugin is missing says which one to install.
+    """
+    return {
+        f"{kind}:{entry.name}": entry.source
+        for kind, reg in _REGISTRIES.items()
+        for entry in reg._entries.values()
+        if entry.distribution and entry._loaded is not None
+    }
+
+
+def remember_provenance(provenance: Mapping[str, str]) -> None:
+    """Record where a checkpoint's plugin components came from (see :func:`plugin_provenance`)."""
+    for key, source in provenance.items():
+        kind, _, name = key.partition(":")
+        _PROVENANCE[(kind, name)] = source
 
 
 _REGISTRIES: dict[str, Registry] = {kind: Registry(kind, group, BUILTINS[kind]) for kind, group in KINDS.items()}

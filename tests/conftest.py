@@ -26,13 +26,20 @@ def tiny_denoiser_config(**overrides):
 
 
 def write_plugin(
-    root: Path, dist: str, version: str, module: str, source: str, entry_points: dict[str, dict[str, str]]
+    root: Path,
+    dist: str,
+    version: str,
+    module: str,
+    source: str,
+    entry_points: dict[str, dict[str, str]],
+    requires: tuple[str, ...] = (),
 ):
     """Write an importable module and a ``*.dist-info`` declaring its entry points under ``root``."""
     (root / f"{module}.py").write_text(textwrap.dedent(source))
     info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    requirements = "".join(f"Requires-Dist: {r}\n" for r in requires)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n{requirements}")
     lines = []
     for group, names in entry_points.items():
         lines.append(f"[{group}]")

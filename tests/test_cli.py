@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,15 +100,15 @@ def test_print_config_shows_defaults(tmp_path, capsys):
     [
         (
             ["--model.denoiser.layout", '["hydar"]'],
-            "unknown mixer 'hydar'; registered mixers: attention, bi_ssm, hydra, ssm",
+            r"unknown mixer 'hydar'; registered mixers: attention, bi_ssm, .*hydra, .*ssm",
         ),
         (
             ["--model.denoiser.layout", '[{"mixer": "hydra", "scans": ["hv"]}]'],
-            "unknown scan 'hv'; registered scans: h, ht, th, tv, v, vt",
+            r"unknown scan 'hv'; registered scans: h, ht, th, tv, v, vt",  # plugins may add more after
         ),
         (
             ["--model.denoiser.conditioner", '{"name": "labels"}'],
-            "unknown conditioner 'labels'; registered conditioners: class_label",
+            r"unknown conditioner 'labels'; registered conditioners: class_label, text_embedding",
         ),
         (["--model.denoiser.dimm", "3"], "dimm"),
     ],
@@ -119,7 +120,7 @@ def test_bad_names_and_keys_exit_nonzero_with_one_clear_line(tmp_path, capsys, o
     except SystemExit as exc:
         code = exc.code
     assert code != 0
-    assert expected in one_line_error(capsys)
+    assert re.search(expected, one_line_error(capsys))
 
 
 def test_missing_data_directory(tmp_path, capsys):

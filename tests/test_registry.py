@@ -193,3 +193,22 @@ def test_every_builtin_resolves_and_the_wheel_ships_every_package():
     shipped = set(find_packages(str(root), include=["hthlight*"]))
     on_disk = {".".join(p.relative_to(root).parts[:-1]) for p in (root / "hthlight").rglob("*.py")}
     assert on_disk <= shipped, f"folders without __init__.py are left out of the wheel: {on_disk - shipped}"
+
+
+def test_failed_plugin_names_the_missing_extra(plugin_path):
+    write_plugin(
+        plugin_path,
+        "fake-plugin-fla",
+        "0.2",
+        "fake_plugin_fla",
+        "import not_installed_kernels_xyz\n",
+        {"hthlight.mixers": {"gla": "fake_plugin_fla:Mixer"}},
+        requires=("hthlight", 'not-installed-kernels-xyz>=1; extra == "gpu"'),
+    )
+    reg = fresh_mixer_registry()
+    with pytest.raises(ComponentLoadError) as info:
+        reg.build("gla", dim=4)
+    message = str(info.value)
+    assert "mixer 'gla' from distribution fake-plugin-fla 0.2 failed to load: ModuleNotFoundError" in message
+    assert "not installed: not-installed-kernels-xyz (extra 'gpu': pip install 'fake-plugin-fla[gpu]')" in message
+    assert "hthlight (" not in message  # installed requirements are not listed
