@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
+from hthlight_flowschedules import CosineFlow
 
 from hthlight.diffusion import sample_euler
 from hthlight.module import DiffusionModule
 from hthlight.registry import Registry, build_from_spec
-from hthlight_flowschedules import CosineFlow
 
 # as tests/conftest.py tiny_denoiser_config() in the hthlight repository
 TINY_HYDRA = {"name": "hydra", "d_state": 4, "headdim": 8, "expand": 2, "d_conv": 3, "chunk_size": 8}
@@ -120,7 +121,7 @@ def test_euler_converges_to_a_point_mass_as_steps_grow():
     for steps in (2, 4, 8, 16, 32, 64, 128):
         out = sample_euler(velocity, x1, flow.sampling_times(steps).to(torch.float64))
         errors.append((out - target).abs().max().item())
-    assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
+    assert all(later < earlier for earlier, later in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.02 * errors[0] and errors[-1] < 0.01, errors
 
 

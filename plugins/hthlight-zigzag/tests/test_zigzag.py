@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 import torch
+from hthlight_zigzag import NUM_PATHS, TEMPORAL_MODES, ZigzagScan, zigzag_path
 
 from hthlight.registry import Registry
 from hthlight.scans import ScanOrder
-from hthlight_zigzag import NUM_PATHS, TEMPORAL_MODES, ZigzagScan, zigzag_path
 
 PATHS = range(NUM_PATHS)
 GRIDS = [(1, 1), (1, 5), (4, 1), (2, 2), (2, 3), (3, 4), (4, 3), (5, 5), (4, 6), (7, 2)]
@@ -135,7 +135,9 @@ def test_spatiotemporal_mode_is_time_fastest(path):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_modes_agree_for_one_frame(path):
-    assert torch.equal(ZigzagScan(path, "frame").permutation(1, 4, 5), ZigzagScan(path, "spatiotemporal").order(1, 4, 5))
+    assert torch.equal(
+        ZigzagScan(path, "frame").permutation(1, 4, 5), ZigzagScan(path, "spatiotemporal").order(1, 4, 5)
+    )
 
 
 @pytest.mark.parametrize("temporal", TEMPORAL_MODES)
@@ -144,6 +146,9 @@ def test_check_scan_contract(path, temporal):
     from hthlight.testing import check_scan
 
     check_scan(ZigzagScan(path, temporal))
+    # through the constructor (fresh instances are built, not copied), on larger non-square grids too
+    spec = {"class_path": "hthlight_zigzag.ZigzagScan", "path": path, "temporal": temporal}
+    check_scan(spec, grids=((1, 4, 6), (3, 5, 2), (2, 2, 2)))
 
 
 def test_scans_are_hashable_values_and_share_the_cache():
