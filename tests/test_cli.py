@@ -100,7 +100,7 @@ def test_print_config_shows_defaults(tmp_path, capsys):
     [
         (
             ["--model.denoiser.layout", '["hydar"]'],
-            r"unknown mixer 'hydar'; registered mixers: attention, bi_ssm, .*hydra, .*ssm",
+            r"unknown mixer 'hydar'; registered mixers: attention, .*bi_ssm, .*hydra, .*ssm",
         ),
         (
             ["--model.denoiser.layout", '[{"mixer": "hydra", "scans": ["hv"]}]'],
