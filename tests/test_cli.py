@@ -197,3 +197,13 @@ def test_every_shipped_config_parses(tmp_path, capsys):
             )
         assert info.value.code == 0, config.name
         assert yaml.safe_load(capsys.readouterr().out)["model"]["denoiser"]["layout"]
+    for override in sorted((ROOT / "configs").glob("*/*.yaml")):  # ablation variants and plugin examples
+        base = (
+            override.parent / "base.yaml"
+            if (override.parent / "base.yaml").exists()
+            else ROOT / "configs" / "digits.yaml"
+        )
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "--config", str(base), "--config", str(override), "--print_config"])
+        assert info.value.code == 0, override.name
+        capsys.readouterr()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_ATTENTION, TINY_HYDRA
 from PIL import Image
 from test_cli import one_line_error, tiny_config
 
@@ -152,3 +153,18 @@ def test_checkpoint_dictates_architecture_and_command_line_the_sampling(tmp_path
     assert main(args) == 0
     settings = json.loads((tmp_path / "run" / "samples" / "settings.json").read_text())
     assert settings["steps"] == 3 and settings["cfg_scale"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("name", "package"), [("zigzag", "hthlight_zigzag"), ("cosine_flow", "hthlight_flowschedules")]
+)
+def test_plugin_configs_train_when_the_plugin_is_installed(tmp_path, name, package):
+    pytest.importorskip(package, reason=f"example plugin {package} not installed (make test installs it)")
+    override = ROOT / "configs" / "plugins" / f"{name}.yaml"
+    config = tiny_config(tmp_path)
+    args = ["fit", "--config", str(config), "--config", str(override), "--trainer.max_steps", "2"]
+    if name == "zigzag":  # keep the plugin's scans, shrink the mixers
+        layout = [{"mixer": {**TINY_HYDRA}, "repeat": 2, "scans": ["zigzag_0", "zigzag_5"]}, {"mixer": TINY_ATTENTION}]
+        args += ["--model.denoiser.layout", json.dumps(layout)]
+    assert main(args) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
