@@ -149,7 +149,7 @@ class SSMMixer(_Mamba2Base):
         A_init_range: ``A = -a`` with ``a`` initialised uniformly in this range.
         dt_min, dt_max, dt_init_floor: range of the initial step sizes.
         conv_bias, bias: biases of the convolution and of the two projections.
-        norm_eps: epsilon of the gated output RMSNorm (norm before gate).
+        norm_eps: epsilon of the gated output RMSNorm (gate before norm, as Mamba-2).
         backend: SSD scan backend (see :func:`hthlight.ssd.scan_backends`) or ``"auto"``.
     """
 
