@@ -20,6 +20,9 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class RectifiedFlow:
     """Rectified-flow objective and time grid.
 
+    Other interpolants subclass it and override :meth:`add_noise` and :meth:`target` (the
+    time sampling, shift, sampling grid and loss are shared).
+
     Args:
         timestep_sampling: ``uniform`` or ``logit_normal`` training times.
         logit_mean: mean of the logit-normal distribution.
@@ -65,7 +68,8 @@ class RectifiedFlow:
         return (1 - t) * x0 + t * noise
 
     @staticmethod
-    def target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def target(x0: torch.Tensor, noise: torch.Tensor, t_B: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity ``d x_t / d t``; on the straight path it does not depend on ``t``."""
         return noise - x0
 
     def loss(
@@ -82,7 +86,7 @@ class RectifiedFlow:
         if t_B is None:
             t_B = self.sample_time(x0.shape[0], x0.device, generator)
         prediction = velocity_fn(self.add_noise(x0, noise, t_B), t_B)
-        return F.mse_loss(prediction.float(), self.target(x0, noise).float())
+        return F.mse_loss(prediction.float(), self.target(x0, noise, t_B).float())
 
     def sampling_times(self, steps: int, device=None) -> torch.Tensor:
         """``steps + 1`` decreasing times from 1 to 0 (shifted like the training times)."""

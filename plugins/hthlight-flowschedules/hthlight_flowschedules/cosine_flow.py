@@ -20,13 +20,10 @@ depends on ``t``: ``target(x0, noise, t_B)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from hthlight.diffusion import RectifiedFlow
 
 HALF_PI = math.pi / 2
 
@@ -42,35 +39,17 @@ def _per_sample(t_B: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t_B.reshape(-1, *([1] * (like.ndim - 1))).to(dtype)
 
 
-class CosineFlow:
-    """Trigonometric (variance-preserving) flow objective and time grid.
+class CosineFlow(RectifiedFlow):
+    """Trigonometric (variance-preserving) flow: :class:`hthlight.diffusion.RectifiedFlow`'s
+    time sampling, shift, sampling grid and loss, on the path ``cos(pi t/2) x0 + sin(pi t/2) eps``.
 
     Args:
         timestep_sampling: ``uniform`` or ``logit_normal`` training times.
         logit_mean: mean of the logit-normal distribution.
         logit_std: standard deviation of the logit-normal distribution.
         shift: time shift ``t' = s t / (1 + (s - 1) t)`` applied to training and sampling
-            times, as in :class:`hthlight.diffusion.RectifiedFlow` (1: none; > 1 spends more
-            time at high noise).
+            times (1: none; > 1 spends more time at high noise).
     """
-
-    prediction = "velocity"
-
-    def __init__(
-        self,
-        timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal",
-        logit_mean: float = 0.0,
-        logit_std: float = 1.0,
-        shift: float = 1.0,
-    ) -> None:
-        if timestep_sampling not in ("uniform", "logit_normal"):
-            raise ValueError(f"timestep_sampling must be 'uniform' or 'logit_normal', got {timestep_sampling!r}")
-        if shift <= 0 or logit_std <= 0:
-            raise ValueError(f"shift and logit_std must be positive, got {shift}, {logit_std}")
-        self.timestep_sampling = timestep_sampling
-        self.logit_mean = logit_mean
-        self.logit_std = logit_std
-        self.shift = shift
 
     def __repr__(self) -> str:
         return (
@@ -96,45 +75,9 @@ class CosineFlow:
         return cls.alpha(t).to(x0.dtype) * x0 + cls.sigma(t).to(x0.dtype) * noise
 
     @classmethod
-    def target(cls, x0: torch.Tensor, noise: torch.Tensor, t_B: torch.Tensor) -> torch.Tensor:
+    def target(cls, x0: torch.Tensor, noise: torch.Tensor, t_B: torch.Tensor | None = None) -> torch.Tensor:
         """The velocity ``d x_t / d t = (pi / 2) (cos(pi t / 2) noise - sin(pi t / 2) x0)``."""
+        if t_B is None:
+            raise ValueError("the cosine flow's velocity depends on t: pass t_B")
         t = _per_sample(t_B, x0)
         return (HALF_PI * cls.alpha(t)).to(x0.dtype) * noise - (HALF_PI * cls.sigma(t)).to(x0.dtype) * x0
-
-    # ------------------------------------------------------------------ times
-    def shift_time(self, t: torch.Tensor) -> torch.Tensor:
-        if self.shift == 1.0:
-            return t
-        return self.shift * t / (1 + (self.shift - 1) * t)
-
-    def sample_time(self, batch_size: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training times in (0, 1), shape ``(batch_size,)``."""
-        if self.timestep_sampling == "uniform":
-            t = torch.rand(batch_size, generator=generator, device=device)
-        else:
-            z = torch.randn(batch_size, generator=generator, device=device)
-            t = torch.sigmoid(self.logit_mean + self.logit_std * z)
-        return self.shift_time(t)
-
-    def sampling_times(self, steps: int, device=None) -> torch.Tensor:
-        """``steps + 1`` decreasing times from 1 to 0 (shifted like the training times)."""
-        if steps < 1:
-            raise ValueError(f"the number of sampling steps must be >= 1, got {steps}")
-        return self.shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device))
-
-    # ------------------------------------------------------------------ objective
-    def loss(
-        self,
-        velocity_fn: VelocityFn,
-        x0: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        t_B: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Mean squared error between predicted and true velocity at random (or given) times."""
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if t_B is None:
-            t_B = self.sample_time(x0.shape[0], x0.device, generator)
-        prediction = velocity_fn(self.add_noise(x0, noise, t_B), t_B)
-        return F.mse_loss(prediction.float(), self.target(x0, noise, t_B).float())
