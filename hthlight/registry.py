@@ -351,14 +351,6 @@ def build_from_spec(kind: str, spec: Any, **defaults: Any) -> Any:
     return call_with_checked_kwargs(target, {**defaults, **kwargs}, what=f"{kind} {spec_name(spec)!r}")
 
 
-def check_spec(kind: str, spec: Any, provided: tuple[str, ...] = ()) -> None:
-    """Validate a spec now (name exists, kwargs accepted) so bad configs fail before training."""
-    if not isinstance(spec, (str, Mapping)):
-        return
-    target, kwargs = resolve(kind, spec)
-    _check_kwargs(target, {**dict.fromkeys(provided), **kwargs}, what=f"{kind} {spec_name(spec)!r}")
-
-
 def accepted_kwargs(target: Callable[..., Any]) -> list[str] | None:
     """Keyword arguments ``target`` accepts, or None when it takes ``**kwargs``."""
     try:
@@ -399,7 +391,6 @@ __all__ = [
     "available",
     "build",
     "build_from_spec",
-    "check_spec",
     "register",
     "registry",
     "resolve",

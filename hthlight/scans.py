@@ -46,10 +46,6 @@ class ScanOrder:
     def inverse(self, t: int, h: int, w: int, device: torch.device | str | None = None) -> torch.Tensor:
         return _cached(self, check_grid((t, h, w)), torch.device(device or "cpu"), inverse=True)
 
-    def is_identity(self, t: int, h: int, w: int) -> bool:
-        perm = self.permutation(t, h, w)
-        return bool(torch.equal(perm, torch.arange(perm.numel())))
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

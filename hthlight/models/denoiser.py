@@ -8,7 +8,7 @@ scanning mixers and position embeddings see the real layout at any resolution.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -250,9 +250,6 @@ class Denoiser(nn.Module):
                 extras.append("no MLP")
             lines.append(" ".join([f"{i:3d} {type(mixer).__name__}", *extras]))
         return "\n".join(lines)
-
-    def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config)
 
 
 def _check_choice(field_name: str, value: Any, allowed: tuple[str, ...]) -> None:
