@@ -1,10 +1,11 @@
 # make demo  -- set up .venv, train the embedded digits demo on CPU, sample, and score the samples
-# make test  -- set up .venv (with the example plugins), lint (ruff), run the CPU test suite and the plugins' tests
+# make test  -- set up .venv (with the hf/video extras and the example plugins), lint (ruff), run the CPU test suite and the plugins' tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PLUGINS_STAMP := $(VENV)/.plugins-installed
+EXTRAS_STAMP := $(VENV)/.extras-installed
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 DEMO_DIR := runs/digits
 
@@ -15,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+$(EXTRAS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,hf,video]'
+	touch $(EXTRAS_STAMP)
 
 setup: $(STAMP)
 
@@ -31,7 +36,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-$(PLUGINS_STAMP): $(STAMP) $(PLUGINS)
+$(PLUGINS_STAMP): $(EXTRAS_STAMP) $(PLUGINS)
 	$(BIN)/python -m pip install -q --no-deps $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	touch $(PLUGINS_STAMP)
 
