@@ -52,12 +52,29 @@ def print_components(argv: Sequence[str]) -> int:
     return 1 if any(r[3].startswith("failed") for r in rows) else 0
 
 
-def run_eval(argv: Sequence[str]) -> int:
-    if not argv or argv[0] != "digits":
-        raise HthlightError("usage: hthlight eval digits PRED_DIR [--min-accuracy X]")
+def eval_digits(argv: Sequence[str]) -> int:
     from hthlight.eval import digits
 
-    return digits.main(list(argv[1:]))
+    return digits.main(list(argv))
+
+
+#: ``hthlight eval NAME ...`` -> handler(argv) returning the exit status
+EVALUATIONS = {
+    "digits": eval_digits,
+}
+
+
+def run_eval(argv: Sequence[str]) -> int:
+    if not argv or argv[0] not in EVALUATIONS:
+        raise HthlightError(f"usage: hthlight eval {{{','.join(EVALUATIONS)}}} ...")
+    return EVALUATIONS[argv[0]](argv[1:])
+
+
+#: ``hthlight NAME ...`` commands beside LightningCLI's -> handler(argv) returning the exit status
+EXTRA_COMMANDS = {
+    "components": print_components,
+    "eval": run_eval,
+}
 
 
 def run_lightning(argv: Sequence[str] | None) -> None:
@@ -71,10 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "components":
-            return print_components(argv[1:])
-        if argv and argv[0] == "eval":
-            return run_eval(argv[1:])
+        if argv and argv[0] in EXTRA_COMMANDS:
+            return EXTRA_COMMANDS[argv[0]](argv[1:])
         if not argv:
             argv, from_command_line = ["--help"], False
         run_lightning(None if from_command_line else argv)
