@@ -190,10 +190,21 @@ class DiffusionModule(L.LightningModule):
             )
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        if "image" not in batch:  # every sample of the batch was unreadable and skipped
+    @torch.no_grad()
+    def encode_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]] | None:
+        """Clean latents ``x0`` and the batch the conditioner reads; None for an empty batch.
+
+        An empty batch is one whose samples were all unreadable and skipped by the collate.
+        """
+        if "image" not in batch:
             return None
-        x0 = self.vae.encode(batch["image"])
+        return self.vae.encode(batch["image"]), batch
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        encoded = self.encode_batch(batch)
+        if encoded is None:
+            return None
+        x0, batch = encoded
         loss = self.scheduler.loss(lambda x, t: self.denoiser(x, t, batch), x0)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
@@ -204,9 +215,10 @@ class DiffusionModule(L.LightningModule):
             ema_update(self.ema_denoiser, self.denoiser, decay)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        if "image" not in batch:
+        encoded = self.encode_batch(batch)
+        if encoded is None:
             return None
-        x0 = self.vae.encode(batch["image"])
+        x0, batch = encoded
         generator = torch.Generator().manual_seed(batch_idx)  # the same noise and times every epoch
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         t_B = self.scheduler.sample_time(x0.shape[0], generator=generator).to(x0.device)
