@@ -205,7 +205,7 @@ def test_registry_builds_hydra():
         ({"d_conv": 4}, r"d_conv must be odd \(e\.g\. 3, 5, 7\)"),
         ({"headdim": 5}, r"headdim must divide expand \* dim = 16.*Allowed: 1, 2, 4, 8, 16"),
         ({"headdim": 4, "ngroups": 3}, r"ngroups must divide the number of heads \(4.*Allowed: 1, 2, 4"),
-        ({"backend": "cuda"}, r"unknown SSD scan backend 'cuda'; allowed: auto, torch"),
+        ({"backend": "cuda"}, r"unknown Hydra backend 'cuda'; allowed: auto, torch, triton, mamba_ssm"),
     ],
 )
 def test_bad_config(kwargs, match):

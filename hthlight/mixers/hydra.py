@@ -20,12 +20,7 @@ from hthlight.mixers.base import ScanningMixer
 from hthlight.mixers.norms import GatedRMSNorm
 from hthlight.mixers.ssm_common import check_ssm_config, init_dt_bias_, no_weight_decay
 from hthlight.scans import ScanOrder
-from hthlight.ssd import select_backend
-
-
-def _shift_right(y_BLHP: torch.Tensor) -> torch.Tensor:
-    """Output at ``t`` becomes the input at ``t - 1``; zero at ``t = 0``."""
-    return F.pad(y_BLHP[:, :-1], (0, 0, 0, 0, 1, 0))
+from hthlight.ssd.bidirectional import HYDRA_BACKENDS, check_hydra_backend, resolve_hydra_backend
 
 
 class HydraMixer(ScanningMixer):
@@ -43,7 +38,8 @@ class HydraMixer(ScanningMixer):
         dt_min, dt_max, dt_init_floor: range of the initial step sizes.
         conv_bias, bias: biases of the convolution and of the two projections.
         norm_eps: epsilon of the gated output RMSNorm.
-        backend: SSD scan backend (see :func:`hthlight.ssd.scan_backends`) or ``"auto"``.
+        backend: ``auto`` (Triton on CUDA, else PyTorch), ``torch``, ``triton`` or ``mamba_ssm``;
+            see :mod:`hthlight.ssd.bidirectional`.
     """
 
     def __init__(
@@ -78,6 +74,7 @@ class HydraMixer(ScanningMixer):
             dt_min=dt_min,
             dt_max=dt_max,
             backend=backend,
+            check_backend=check_hydra_backend,
         )
 
         self.d_state = d_state
@@ -118,35 +115,37 @@ class HydraMixer(ScanningMixer):
         self._reset_ssm_parameters()
 
     def mix_sequence(self, x_BLD: torch.Tensor) -> torch.Tensor:
-        batch = x_BLD.shape[0]
         h, p, gn = self.nheads, self.headdim, self.ngroups * self.d_state
-
+        backend = resolve_hydra_backend(self.backend, x_BLD.device)
+        # Without autograd the Triton backend also fuses the conv + SiLU and the gated norm.
+        fused = backend == "triton" and not torch.is_grad_enabled()
         z_BLE, xBC_BLC, dt_BL2H = torch.split(self.in_proj(x_BLD), [self.d_inner, self.d_inner + 4 * gn, 2 * h], dim=-1)
-        xBC_BLC = F.silu(self.conv1d(xBC_BLC.transpose(1, 2)).transpose(1, 2))
-        x_BLE, B_f, C_f, B_b, C_b = torch.split(xBC_BLC, [self.d_inner, gn, gn, gn, gn], dim=-1)
-        x_BLHP = x_BLE.unflatten(-1, (h, p))
+        if fused:
+            from hthlight.kernels.conv_norm import conv1d_silu_fwd
 
-        # Both directions as one doubled batch: the sequence, then its reverse.
-        def both(fwd: torch.Tensor, bwd: torch.Tensor) -> torch.Tensor:
-            return torch.cat([fwd, bwd.flip(1)], dim=0)
-
-        dt_f, dt_b = dt_BL2H.split(h, dim=-1)
-        dt_2BLH = F.softplus(both(dt_f, dt_b) + self.dt_bias)
-        B_2BLGN = both(B_f, B_b).unflatten(-1, (self.ngroups, self.d_state))
-        C_2BLGN = both(C_f, C_b).unflatten(-1, (self.ngroups, self.d_state))
+            xBC_BLC = conv1d_silu_fwd(xBC_BLC, self.conv1d.weight, self.conv1d.bias)
+        else:
+            xBC_BLC = F.silu(self.conv1d(xBC_BLC.transpose(1, 2)).transpose(1, 2))
+            if backend == "triton":
+                xBC_BLC = xBC_BLC.contiguous()  # the kernels read channels-last
+        x_BLE, BC_BLC = xBC_BLC.split([self.d_inner, 4 * gn], dim=-1)
+        diag_BLH = self.fc_D(x_BLE) + self.D  # the free diagonal: fc_D(x) + D per head
         A_H = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+        y_BLHP = HYDRA_BACKENDS[backend](
+            x_BLE.unflatten(-1, (h, p)),
+            dt_BL2H,
+            self.dt_bias,
+            A_H,
+            BC_BLC.unflatten(-1, (4, self.ngroups, self.d_state)),
+            diag_BLH,
+            self.chunk_size,
+        )
+        if fused:
+            from hthlight.kernels.conv_norm import gated_rmsnorm_fwd
 
-        scan = select_backend(self.backend, x_BLD.device)
-        y_2BLHP = scan(both(x_BLHP, x_BLHP), dt_2BLH, A_H, B_2BLGN, C_2BLGN, chunk_size=self.chunk_size)
-        # Shift each direction one token off the diagonal, then undo the reversal.
-        y_2BLHP = _shift_right(y_2BLHP)
-        y_BLHP = y_2BLHP[:batch] + y_2BLHP[batch:].flip(1)
-
-        # Diagonal: each head's channels scaled by the data-dependent fc_D(x) + D.
-        diag_BLH = self.fc_D(x_BLE) + self.D
-        y_BLHP = y_BLHP + x_BLHP * diag_BLH[..., None]
-
-        y_BLE = self.norm(y_BLHP.flatten(2), z_BLE)
+            y_BLE = gated_rmsnorm_fwd(y_BLHP.flatten(2), z_BLE, self.norm.weight, self.norm.eps)
+        else:
+            y_BLE = self.norm(y_BLHP.flatten(2), z_BLE)
         return self.out_proj(y_BLE)
 
     def extra_repr(self) -> str:

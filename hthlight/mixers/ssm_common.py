@@ -7,6 +7,7 @@ per-head SSM parameters as in the public Mamba-2 / Hydra modules (Dao & Gu 2024)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ def check_ssm_config(
     dt_min: float,
     dt_max: float,
     backend: str,
+    check_backend: Callable[[str], object] = select_backend,
 ) -> tuple[int, int]:
     """Validate the sizes shared by the SSD mixers; return ``(d_inner, nheads)``.
 
@@ -68,7 +70,7 @@ def check_ssm_config(
         )
     if not 0 < dt_min <= dt_max:
         raise ConfigError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-    select_backend(backend)  # fail at construction on an unknown name
+    check_backend(backend)  # fail at construction on an unknown name
     return d_inner, nheads
 
 

@@ -1,0 +1,57 @@
+"""Per-kernel times of the Triton Hydra forward at one shape, for several chunk sizes (torch.profiler).
+
+Usage: python benchmarks/hydra_profile.py [--dim 3072 --d-state 256 --tokens 16384 --chunks 64 128 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+from hthlight.kernels.hydra_scan import hydra_scan_fwd
+from torch.profiler import ProfilerActivity, profile
+
+
+def _config(text: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (item.split("=") for item in text.split(","))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dim", type=int, default=3072)
+    parser.add_argument("--d-state", type=int, default=256)
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--configs", type=_config, nargs="*", help="e.g. out_bm=128,out_warps=8")
+    args = parser.parse_args()
+    h, p, n = 2 * args.dim // 64, 64, args.d_state
+    conv = torch.randn(1, args.tokens, h * p + 4 * n, device="cuda", dtype=torch.bfloat16)
+    x = conv[..., : h * p].unflatten(-1, (h, p))
+    BC = conv[..., h * p :].unflatten(-1, (4, 1, n))
+    dt = torch.randn(1, args.tokens, 2 * h, device="cuda", dtype=torch.bfloat16) - 3
+    bias = torch.zeros(h, device="cuda")
+    A = -torch.ones(h, device="cuda")
+    diag = torch.randn(1, args.tokens, h, device="cuda", dtype=torch.bfloat16)
+    from hthlight.kernels import hydra_scan
+
+    configs = [dict(c) for c in args.configs] if args.configs else [dict(hydra_scan.CONFIG)]
+    for config, q in [(c, q) for c in configs for q in args.chunks]:
+        hydra_scan.CONFIG.update(config)
+        for _ in range(3):
+            hydra_scan_fwd(x, dt, bias, A, BC, diag, chunk_size=q)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                hydra_scan_fwd(x, dt, bias, A, BC, diag, chunk_size=q)
+            torch.cuda.synchronize()
+        totals = defaultdict(float)
+        for evt in prof.key_averages():
+            if evt.device_type.name == "CUDA" or "kernel" in evt.key:
+                totals[evt.key] += evt.self_device_time_total / 10 / 1000
+        parts = ", ".join(f"{k}: {v:.3f} ms" for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v > 0.001)
+        print(f"{config} Q={q}: total {sum(totals.values()):.3f} ms; {parts}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

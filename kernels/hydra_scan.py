@@ -1,0 +1,351 @@
+"""Fused bidirectional Hydra scan in Triton (forward), one pass per direction over the data.
+
+Hydra (Hwang et al. 2024) mixes a sequence with a quasiseparable matrix ``M``: a causal SSD
+part shifted one token below the diagonal, an anti-causal SSD part shifted one token above
+it, and a free diagonal ``d``. Per head, with ``a_r = dt_r * A``,
+
+    M[t, s] = (C_f[t-1] . B_f[s]) exp(sum_{s<r<t} a^f_r) dt^f_s     for s < t
+    M[t, s] = (C_b[t+1] . B_b[s]) exp(sum_{t<r<s} a^b_r) dt^b_s     for s > t
+    M[t, t] = d_t                                                   (fc_D(x) + D)
+
+and ``y = M x``. The public layer builds this from a doubled batch (the sequence and its
+flip), two Mamba-2 scans, a roll and a sum. Here nothing is flipped, concatenated or
+doubled: the one-token shifts are offset loads of ``C``, the anti-causal direction walks the
+chunks from the end by index arithmetic, and the three parts of ``M`` meet in one
+accumulator. The chunked algorithm is Mamba-2's SSD (Dao & Gu 2024, sec. 6):
+
+1. ``_dt_kernel``: ``dt = softplus(raw + dt_bias)`` for both directions and the in-chunk
+   cumulative log-decays (forward: inclusive prefix; backward: inclusive suffix).
+2. ``_cb_kernel``: per chunk and group, one ``Q x Q`` matrix whose strictly lower triangle is
+   ``C_f[t-1] . B_f[s]`` and strictly upper triangle ``C_b[t+1] . B_b[s]`` (shared by all
+   heads of the group, so it is computed once, not per head).
+3. ``_states_kernel``: the state entering every chunk, forward from the start and backward
+   from the end, by a sequential sweep over chunks (chunk states are never written).
+4. ``_output_kernel``: per chunk, row block and head: carried states times shifted ``C``
+   plus the masked, decayed ``CB`` (with ``d`` on its diagonal) times ``x``.
+
+All arithmetic accumulates in float32; inputs may be float32 or bfloat16/float16.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+
+
+@triton.jit
+def _dt_kernel(
+    raw_ptr, bias_ptr, A_ptr, dt_ptr, cum_ptr,
+    L, H, Lp,
+    s_raw_b, s_raw_l,
+    Q: tl.constexpr,
+):
+    """dt (B, 2, H, Lp) and cumulative log-decay (B, 2, H, Lp); zero beyond L."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    c = tl.program_id(2)
+    t = c * Q + tl.arange(0, Q)
+    valid = t < L
+    A = tl.load(A_ptr + h).to(tl.float32)
+    for direction in tl.static_range(2):
+        raw = tl.load(raw_ptr + b * s_raw_b + t * s_raw_l + direction * H + h, mask=valid, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + h).to(tl.float32)
+        dt = tl.where(valid, _softplus(raw + bias), 0.0)
+        a = dt * A
+        prefix = tl.cumsum(a, axis=0)
+        if direction == 0:
+            cum = prefix  # sum_{t0 <= r <= t} a_r
+        else:
+            cum = tl.sum(a, axis=0) - prefix + a  # sum_{t <= r < t1} a_r
+        out = ((b * 2 + direction) * H + h) * Lp + t
+        tl.store(dt_ptr + out, dt)
+        tl.store(cum_ptr + out, cum)
+
+
+@triton.jit
+def _cb_kernel(
+    B_ptr, C_ptr, cb_ptr,
+    L, N, G, NC,
+    s_b, s_l, s_g, off_fwd, off_bwd,
+    Q: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr,
+):
+    """cb (B, G, NC, Q, Q) float32: lower = C_f[t-1].B_f[s], upper = C_b[t+1].B_b[s], diagonal 0.
+
+    ``B_ptr``/``C_ptr`` point at the forward direction's B and C; the backward direction's
+    are ``off_bwd`` elements further (they live side by side in the conv output).
+    """
+    bg = tl.program_id(0)
+    c = tl.program_id(1)
+    if WIDE:  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
+        bg = bg.to(tl.int64)
+        c = c.to(tl.int64)
+    tile = tl.program_id(2)
+    b = bg // G
+    g = bg % G
+    NT: tl.constexpr = Q // BT
+    i = tile // NT
+    j = tile % NT
+    t = c * Q + i * BT + tl.arange(0, BT)
+    s = c * Q + j * BT + tl.arange(0, BT)
+    base = b * s_b + g * s_g
+    acc_f = tl.zeros((BT, BT), dtype=tl.float32)
+    acc_b = tl.zeros((BT, BT), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        n = n0 + tl.arange(0, BN)
+        nmask = n < N
+        Bs_mask = (s < L)[:, None] & nmask[None, :]
+        if j <= i:  # forward part (s < t) lives in tiles on or below the diagonal
+            tf = t - 1
+            Ct = tl.load(C_ptr + base + tf[:, None] * s_l + n[None, :],
+                         mask=((tf >= 0) & (tf < L))[:, None] & nmask[None, :], other=0.0)
+            Bs = tl.load(B_ptr + base + s[:, None] * s_l + n[None, :], mask=Bs_mask, other=0.0)
+            if IEEE:
+                acc_f += tl.dot(Ct, tl.trans(Bs), input_precision="ieee")
+            else:
+                acc_f += tl.dot(Ct, tl.trans(Bs))
+        if j >= i:  # backward part (s > t)
+            tb = t + 1
+            Ct = tl.load(C_ptr + off_bwd + base + tb[:, None] * s_l + n[None, :],
+                         mask=(tb < L)[:, None] & nmask[None, :], other=0.0)
+            Bs = tl.load(B_ptr + off_bwd + base + s[:, None] * s_l + n[None, :], mask=Bs_mask, other=0.0)
+            if IEEE:
+                acc_b += tl.dot(Ct, tl.trans(Bs), input_precision="ieee")
+            else:
+                acc_b += tl.dot(Ct, tl.trans(Bs))
+    lt = s[None, :] < t[:, None]
+    gt = s[None, :] > t[:, None]
+    out = tl.where(lt, acc_f, tl.where(gt, acc_b, 0.0))
+    ti = i * BT + tl.arange(0, BT)
+    sj = j * BT + tl.arange(0, BT)
+    ptr = cb_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :]
+    tl.store(ptr, out)
+
+
+@triton.jit
+def _states_kernel(
+    x_ptr, B_ptr, dt_ptr, cum_ptr, st_ptr,
+    L, H, N, G, NC, Lp,
+    s_xb, s_xl, s_xh,
+    s_b, s_l, s_g, off_bwd,
+    Q: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr,
+):
+    """States entering each chunk, st (B, NC, 2, H, N, P) in the dtype of st_ptr.
+
+    Forward: the state after all tokens before the chunk; backward: after all tokens after it.
+    """
+    b = tl.program_id(0)
+    if WIDE:  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
+        b = b.to(tl.int64)
+    h = tl.program_id(1)
+    pid = tl.program_id(2)
+    direction = pid % 2
+    nb = pid // 2
+    g = h // (H // G)
+    n = nb * BN + tl.arange(0, BN)
+    nmask = n < N
+    p = tl.arange(0, P)
+    rows = tl.arange(0, Q)
+    state = tl.zeros((BN, P), dtype=tl.float32)
+    dtc_base = ((b * 2 + direction) * H + h) * Lp
+    B_base = B_ptr + b * s_b + g * s_g + direction * off_bwd
+    for k in range(0, NC):
+        c = k + direction * (NC - 1 - 2 * k)  # forward: chunks in order; backward: from the end
+        st = st_ptr + ((((b * NC + c) * 2 + direction) * H + h) * N + n[:, None]) * P + p[None, :]
+        tl.store(st, state.to(st_ptr.dtype.element_ty), mask=nmask[:, None])
+        s = c * Q + rows
+        if WIDE:
+            s = s.to(tl.int64)
+        dt = tl.load(dt_ptr + dtc_base + s)
+        cum = tl.load(cum_ptr + dtc_base + s)
+        # The chunk's whole log-decay: the forward prefix at its last token, the backward suffix at its first.
+        total = tl.load(cum_ptr + dtc_base + c * Q + (1 - direction) * (Q - 1))
+        w = tl.exp(total - cum) * dt  # decay from s to the chunk's far end (end, or start backward)
+        valid = s < L
+        Bs = tl.load(B_base + s[:, None] * s_l + n[None, :], mask=valid[:, None] & nmask[None, :], other=0.0)
+        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=valid[:, None], other=0.0)
+        Bw = (Bs.to(tl.float32) * w[:, None]).to(xs.dtype)
+        if IEEE:
+            contrib = tl.dot(tl.trans(Bw), xs, input_precision="ieee")
+        else:
+            contrib = tl.dot(tl.trans(Bw), xs)
+        state = state * tl.exp(total) + contrib
+
+
+@triton.jit
+def _output_kernel(
+    x_ptr, C_ptr, dt_ptr, cum_ptr, st_ptr, cb_ptr, diag_ptr, A_ptr, y_ptr,
+    L, H, N, G, NC, Lp,
+    s_xb, s_xl, s_xh,
+    s_b, s_l, s_g, off_bwd,
+    s_db, s_dl,
+    Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr,
+):
+    """y (B, L, H, P) = M x for one chunk's block of BM rows and one head."""
+    bh = tl.program_id(0)
+    c = tl.program_id(1)
+    if WIDE:  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
+        bh = bh.to(tl.int64)
+        c = c.to(tl.int64)
+    m = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    g = h // (H // G)
+    A = tl.load(A_ptr + h).to(tl.float32)
+    t = c * Q + m * BM + tl.arange(0, BM)
+    tvalid = t < L
+    p = tl.arange(0, P)
+    f_base = (b * 2 * H + h) * Lp
+    b_base = ((b * 2 + 1) * H + h) * Lp
+    dt_f_t = tl.load(dt_ptr + f_base + t)
+    dt_b_t = tl.load(dt_ptr + b_base + t)
+    excl_f = tl.load(cum_ptr + f_base + t) - dt_f_t * A  # decay from the chunk start to t - 1
+    excl_b = tl.load(cum_ptr + b_base + t) - dt_b_t * A  # decay from t + 1 to the chunk end
+
+    # Carried states: forward through C_f[t-1], backward through C_b[t+1].
+    C_base = C_ptr + b * s_b + g * s_g
+    acc_f = tl.zeros((BM, P), dtype=tl.float32)
+    acc_b = tl.zeros((BM, P), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        n = n0 + tl.arange(0, BN)
+        nmask = n < N
+        tf = t - 1
+        Cf = tl.load(C_base + tf[:, None] * s_l + n[None, :],
+                     mask=((tf >= 0) & (tf < L))[:, None] & nmask[None, :], other=0.0)
+        tb = t + 1
+        Cb = tl.load(C_base + off_bwd + tb[:, None] * s_l + n[None, :], mask=(tb < L)[:, None] & nmask[None, :],
+                     other=0.0)
+        st = st_ptr + ((((b * NC + c) * 2) * H + h) * N + n[:, None]) * P + p[None, :]
+        Sf = tl.load(st, mask=nmask[:, None], other=0.0).to(Cf.dtype)
+        Sb = tl.load(st + H * N * P, mask=nmask[:, None], other=0.0).to(Cb.dtype)
+        if IEEE:
+            acc_f += tl.dot(Cf, Sf, input_precision="ieee")
+            acc_b += tl.dot(Cb, Sb, input_precision="ieee")
+        else:
+            acc_f += tl.dot(Cf, Sf)
+            acc_b += tl.dot(Cb, Sb)
+    acc = acc_f * tl.exp(excl_f)[:, None] + acc_b * tl.exp(excl_b)[:, None]
+
+    # Inside the chunk: one matrix holding both directions and the diagonal.
+    d_t = tl.load(diag_ptr + b * s_db + t * s_dl + h, mask=tvalid, other=0.0).to(tl.float32)
+    ti = m * BM + tl.arange(0, BM)
+    for k0 in range(0, Q, BK):
+        s = c * Q + k0 + tl.arange(0, BK)
+        sj = k0 + tl.arange(0, BK)
+        cb = tl.load(cb_ptr + ((b * G + g) * NC + c) * Q * Q + ti[:, None] * Q + sj[None, :])
+        dt_f_s = tl.load(dt_ptr + f_base + s)
+        dt_b_s = tl.load(dt_ptr + b_base + s)
+        cum_f_s = tl.load(cum_ptr + f_base + s)
+        cum_b_s = tl.load(cum_ptr + b_base + s)
+        lt = s[None, :] < t[:, None]
+        gt = s[None, :] > t[:, None]
+        log_f = tl.where(lt, excl_f[:, None] - cum_f_s[None, :], float("-inf"))
+        log_b = tl.where(gt, excl_b[:, None] - cum_b_s[None, :], float("-inf"))
+        M = cb * (tl.exp(log_f) * dt_f_s[None, :] + tl.exp(log_b) * dt_b_s[None, :])
+        M = tl.where(s[None, :] == t[:, None], d_t[:, None], M)
+        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
+        if IEEE:
+            acc += tl.dot(M.to(xs.dtype), xs, input_precision="ieee")
+        else:
+            acc += tl.dot(M.to(xs.dtype), xs)
+    y = y_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=tvalid[:, None])
+
+
+#: Launch configuration (block sizes and warps), tuned on an H100 with benchmarks/hydra_profile.py.
+CONFIG = {"out_bm": 64, "out_warps": 4, "state_bn": 64, "state_warps": 4}
+
+
+def _check_last_dim_contiguous(**tensors: torch.Tensor) -> None:
+    for name, tensor in tensors.items():
+        if tensor.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension, got strides {tensor.stride()}")
+
+
+def hydra_scan_fwd(
+    x_BLHP: torch.Tensor,
+    dt_raw_BL2H: torch.Tensor,
+    dt_bias_H: torch.Tensor,
+    A_H: torch.Tensor,
+    BC_BL4GN: torch.Tensor,
+    diag_BLH: torch.Tensor,
+    chunk_size: int = 128,
+) -> torch.Tensor:
+    """Hydra's sequence mixing ``y = M x`` (see the module docstring), forward only.
+
+    Args:
+        x_BLHP: inputs (may be a strided view, e.g. a slice of the conv output).
+        dt_raw_BL2H: pre-softplus step sizes, forward heads then backward heads.
+        dt_bias_H: added to ``dt_raw`` before the softplus.
+        A_H: per-head decay rate (negative).
+        BC_BL4GN: ``B_f, C_f, B_b, C_b`` side by side in the last dimension (each ``G x N``),
+            as the public layer's conv output holds them; may be a strided view.
+        diag_BLH: the diagonal ``fc_D(x) + D``.
+        chunk_size: SSD chunk length ``Q`` (a power of two, 32 to 256).
+
+    Returns:
+        ``y_BLHP`` (contiguous) in the dtype of ``x``.
+    """
+    batch, seqlen, nheads, headdim = x_BLHP.shape
+    _, _, four, ngroups, d_state = BC_BL4GN.shape
+    q = chunk_size
+    if four != 4 or nheads % ngroups:
+        raise ValueError(f"BC_BL4GN must be (B, L, 4, G, N) with H % G == 0, got {tuple(BC_BL4GN.shape)}")
+    if q not in (32, 64, 128, 256):
+        raise ValueError(f"the Triton Hydra scan supports chunk_size 32, 64, 128 or 256, got {q}")
+    if headdim not in (16, 32, 64, 128):
+        raise ValueError(f"the Triton Hydra scan supports headdim 16, 32, 64 or 128, got {headdim}")
+    _check_last_dim_contiguous(x=x_BLHP, dt_raw=dt_raw_BL2H, BC=BC_BL4GN, diag=diag_BLH)
+    if BC_BL4GN.stride(3) != d_state or BC_BL4GN.stride(2) != ngroups * d_state:
+        raise ValueError("B and C must be laid out as (4, G, N) contiguous within a token")
+    device = x_BLHP.device
+    nchunks = triton.cdiv(seqlen, q)
+    lp = nchunks * q
+    ieee = x_BLHP.dtype == torch.float32
+    # 64-bit offsets only where some index may pass 2**31 (they cost about 20% at small sizes).
+    state_elements = batch * nchunks * 2 * nheads * d_state * headdim
+    output_elements = batch * seqlen * nheads * headdim
+    largest = max(state_elements, output_elements, x_BLHP.stride(0) * batch, BC_BL4GN.stride(0) * batch)
+    wide = largest >= 2**31
+    dt = torch.empty(batch, 2, nheads, lp, device=device, dtype=torch.float32)
+    cum = torch.empty_like(dt)
+    _dt_kernel[(batch, nheads, nchunks)](
+        dt_raw_BL2H, dt_bias_H, A_H, dt, cum, seqlen, nheads, lp, dt_raw_BL2H.stride(0), dt_raw_BL2H.stride(1), Q=q
+    )
+    gn = ngroups * d_state
+    s_b, s_l, s_g = BC_BL4GN.stride(0), BC_BL4GN.stride(1), BC_BL4GN.stride(3)
+    B_f, C_f = BC_BL4GN[:, :, 0], BC_BL4GN[:, :, 1]
+    off_bwd = 2 * gn  # B_b and C_b sit 2 * G * N elements after B_f and C_f
+    bn = min(64, triton.next_power_of_2(d_state))
+    bt = min(64, q)
+    cb = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
+    _cb_kernel[(batch * ngroups, nchunks, (q // bt) ** 2)](
+        B_f, C_f, cb, seqlen, d_state, ngroups, nchunks, s_b, s_l, s_g, 0, off_bwd,
+        Q=q, BT=bt, BN=bn, IEEE=ieee, WIDE=wide, num_warps=4,
+    )
+    states = torch.empty(batch, nchunks, 2, nheads, d_state, headdim, device=device, dtype=x_BLHP.dtype)
+    if ieee:
+        states = states.float()
+    bn_state = min(CONFIG["state_bn"] if headdim <= 64 and (q <= 128 or not ieee) else 32,
+                   triton.next_power_of_2(d_state))
+    _states_kernel[(batch, nheads, 2 * triton.cdiv(d_state, bn_state))](
+        x_BLHP, B_f, dt, cum, states, seqlen, nheads, d_state, ngroups, nchunks, lp,
+        x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, off_bwd,
+        Q=q, P=headdim, BN=bn_state, IEEE=ieee, WIDE=wide, num_warps=CONFIG["state_warps"], num_stages=1 if ieee else 2,
+    )
+    y = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=x_BLHP.dtype)
+    bm = min(CONFIG["out_bm"], q)
+    bk = min(64, q)
+    _output_kernel[(batch * nheads, nchunks, q // bm)](
+        x_BLHP, C_f, dt, cum, states, cb, diag_BLH, A_H, y, seqlen, nheads, d_state, ngroups, nchunks, lp,
+        x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, off_bwd,
+        diag_BLH.stride(0), diag_BLH.stride(1),
+        Q=q, P=headdim, BM=bm, BK=bk, BN=bn, IEEE=ieee, WIDE=wide, num_warps=CONFIG["out_warps"],
+    )
+    return y

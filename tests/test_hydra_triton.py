@@ -1,0 +1,132 @@
+"""The Triton Hydra backend against the PyTorch reference (hthlight.ssd.bidirectional).
+
+Tolerances (relative Frobenius error against float64): float32 inputs 1e-5 (the kernels use
+IEEE float32 products for float32); bfloat16 inputs 1e-2 (forward and every gradient). On CPU
+the kernels run in Triton's interpreter in a subprocess, on tiny shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from hthlight.errors import ConfigError
+from hthlight.ssd.bidirectional import check_hydra_backend, hydra_mix_torch, resolve_hydra_backend
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def random_inputs(batch, seqlen, nheads, headdim, ngroups, d_state, dtype, device, seed):
+    """Inputs laid out as the layer produces them: x and B/C are strided slices of one tensor."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    width = nheads * headdim + 4 * ngroups * d_state
+    conv = torch.randn(batch, seqlen, width + 3, device=device, generator=g).to(dtype)
+    x = conv[..., : nheads * headdim].unflatten(-1, (nheads, headdim))
+    BC = conv[..., nheads * headdim : width].unflatten(-1, (4, ngroups, d_state))
+    dt_raw = (torch.randn(batch, seqlen, 2 * nheads, device=device, generator=g) - 2).to(dtype)
+    dt_bias = torch.randn(nheads, device=device, generator=g) * 0.5
+    A = -torch.rand(nheads, device=device, generator=g) * 4 - 0.5
+    diag = torch.randn(batch, seqlen, nheads, device=device, generator=g).to(dtype)
+    return x, dt_raw, dt_bias, A, BC, diag
+
+
+INTERPRETER_CHECK = textwrap.dedent(
+    """
+    import torch
+    from hthlight.kernels.hydra_scan import hydra_scan_fwd
+    from hthlight.ssd.bidirectional import hydra_mix_torch
+    from tests.test_hydra_triton import random_inputs, rel_err
+
+    for (b, L, H, P, G, N, q) in [(1, 37, 2, 16, 1, 16, 32), (2, 70, 4, 16, 2, 16, 32)]:
+        args = random_inputs(b, L, H, P, G, N, torch.float32, "cpu", seed=L)
+        y = hydra_scan_fwd(*args, chunk_size=q)
+        ref = hydra_mix_torch(*[t.double() for t in args], 16)
+        print(L, rel_err(y, ref))
+    """
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests below run the compiled kernels")
+def test_triton_kernels_match_reference_in_interpreter():
+    """Forward of the real kernels (Triton's CPU interpreter): odd lengths, two chunks+, ngroups 1 and 2."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", INTERPRETER_CHECK], capture_output=True, text=True, env=env, cwd=root, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    errors = [float(line.split()[1]) for line in result.stdout.strip().splitlines()]
+    assert len(errors) == 2 and max(errors) < 1e-5, result.stdout
+
+
+def test_backend_choice_and_errors():
+    assert resolve_hydra_backend("auto", "cpu") == "torch"
+    assert resolve_hydra_backend("triton", "cpu") == "torch"  # a GPU-trained model still runs on CPU
+    with pytest.raises(ConfigError, match="unknown Hydra backend 'flash'; allowed: auto, torch, triton, mamba_ssm"):
+        check_hydra_backend("flash")
+
+
+def test_mamba_ssm_backend_missing_is_a_clear_error():
+    pytest.importorskip("triton")
+    if "mamba_ssm" in sys.modules or __import__("importlib").util.find_spec("mamba_ssm"):
+        pytest.skip("mamba_ssm is installed")
+    with pytest.raises(ConfigError, match="needs the 'mamba-ssm' package"):
+        check_hydra_backend("mamba_ssm")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("chunk_size", [32, 64, 128, 256])
+@pytest.mark.parametrize("shape", [(1, 37, 2, 64, 1, 64), (2, 1000, 4, 64, 2, 64), (1, 515, 4, 32, 2, 16)])
+def test_triton_forward_matches_reference(shape, chunk_size, dtype, tol):
+    from hthlight.kernels.hydra_scan import hydra_scan_fwd
+
+    args = random_inputs(*shape, dtype, "cuda", seed=sum(shape) + chunk_size)
+    y = hydra_scan_fwd(*args, chunk_size=chunk_size)
+    ref = hydra_mix_torch(*[t.double() for t in args], 64)
+    assert torch.isfinite(y).all()
+    assert rel_err(y, ref) < tol
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("ngroups", [1, 2])
+@pytest.mark.parametrize("scan", ["h", "v", "th", "tv"])
+def test_triton_layer_forward_and_gradients_match_reference(scan, ngroups, dtype, tol):
+    """A whole HydraMixer (fused conv/norm without grad), every scan order, all gradients."""
+    from hthlight.mixers.hydra import HydraMixer
+
+    torch.manual_seed(ngroups)
+    grid = (3, 5, 7)  # odd sizes: 105 tokens
+    layer = HydraMixer(128, scan=scan, d_state=32, headdim=32, ngroups=ngroups, chunk_size=32, backend="torch")
+    layer = layer.cuda().to(dtype)  # the reference uses the same (rounded) weights and inputs, in float64
+    x = torch.randn(2, 105, 128, device="cuda").to(dtype)
+    reference = copy.deepcopy(layer).double()
+    x64 = x.double().requires_grad_(True)
+    ref = reference(x64, grid=grid)
+    ref.square().sum().backward()
+    ref_grads = {n: p.grad for n, p in reference.named_parameters()} | {"x": x64.grad}
+
+    layer.backend = "triton"
+    xt = x.clone().requires_grad_(True)
+    with torch.no_grad():
+        assert rel_err(layer(xt, grid=grid), ref) < tol
+    out = layer(xt, grid=grid)
+    assert rel_err(out, ref) < tol
+    out.float().square().sum().backward()
+    grads = {n: p.grad for n, p in layer.named_parameters()} | {"x": xt.grad}
+    for name, g in ref_grads.items():
+        assert rel_err(grads[name], g) < tol, name
