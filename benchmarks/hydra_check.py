@@ -6,8 +6,8 @@ Usage: python benchmarks/hydra_check.py  -- prints one line per case and the wor
 from __future__ import annotations
 
 import torch
-from hthlight.kernels.hydra_scan import hydra_scan_fwd
 
+from hthlight.kernels.hydra_scan import hydra_scan_fwd
 from hthlight.ssd.bidirectional import hydra_mix_torch
 
 

@@ -89,7 +89,6 @@ def hydra_layer(dim: int, d_state: int, backend: str, chunk_size: int) -> nn.Mod
 
 def scan_only(layer: HydraMixer, x: torch.Tensor) -> float:
     from hthlight.kernels.hydra_scan import hydra_scan_fwd
-
     from hthlight.ssd.bidirectional import triton_chunk_size
 
     h, gn = layer.nheads, layer.ngroups * layer.d_state

@@ -9,8 +9,9 @@ import argparse
 from collections import defaultdict
 
 import torch
-from hthlight.kernels.hydra_scan import hydra_scan_fwd
 from torch.profiler import ProfilerActivity, profile
+
+from hthlight.kernels.hydra_scan import hydra_scan_fwd
 
 
 def _config(text: str) -> dict[str, int]:
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--d-state", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=16384)
     parser.add_argument("--chunks", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--backward", action="store_true", help="profile hydra_scan_bwd instead")
     parser.add_argument("--configs", type=_config, nargs="*", help="e.g. out_bm=128,out_warps=8")
     args = parser.parse_args()
     h, p, n = 2 * args.dim // 64, 64, args.d_state
@@ -36,14 +38,21 @@ def main() -> None:
     from hthlight.kernels import hydra_scan
 
     configs = [dict(c) for c in args.configs] if args.configs else [dict(hydra_scan.CONFIG)]
+    from hthlight.kernels.hydra_scan_bwd import hydra_scan_bwd
+
+    dy = torch.randn(x.shape, device="cuda", dtype=torch.bfloat16)
     for config, q in [(c, q) for c in configs for q in args.chunks]:
         hydra_scan.CONFIG.update(config)
+        if args.backward:
+            run = lambda q=q: hydra_scan_bwd(dy, x, dt, bias, A, BC, diag, q)
+        else:
+            run = lambda q=q: hydra_scan_fwd(x, dt, bias, A, BC, diag, chunk_size=q)
         for _ in range(3):
-            hydra_scan_fwd(x, dt, bias, A, BC, diag, chunk_size=q)
+            run()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(10):
-                hydra_scan_fwd(x, dt, bias, A, BC, diag, chunk_size=q)
+                run()
             torch.cuda.synchronize()
         totals = defaultdict(float)
         for evt in prof.key_averages():

@@ -29,9 +29,21 @@ All arithmetic accumulates in float32; inputs may be float32 or bfloat16/float16
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _mm(a, b, IEEE: tl.constexpr):
+    """``a @ b`` accumulated in float32; IEEE float32 products when asked (float32 inputs)."""
+    if IEEE:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
 
 
 @triton.jit
@@ -105,19 +117,13 @@ def _cb_kernel(
             Ct = tl.load(C_ptr + base + tf[:, None] * s_l + n[None, :],
                          mask=((tf >= 0) & (tf < L))[:, None] & nmask[None, :], other=0.0)
             Bs = tl.load(B_ptr + base + s[:, None] * s_l + n[None, :], mask=Bs_mask, other=0.0)
-            if IEEE:
-                acc_f += tl.dot(Ct, tl.trans(Bs), input_precision="ieee")
-            else:
-                acc_f += tl.dot(Ct, tl.trans(Bs))
+            acc_f += _mm(Ct, tl.trans(Bs), IEEE)
         if j >= i:  # backward part (s > t)
             tb = t + 1
             Ct = tl.load(C_ptr + off_bwd + base + tb[:, None] * s_l + n[None, :],
                          mask=(tb < L)[:, None] & nmask[None, :], other=0.0)
             Bs = tl.load(B_ptr + off_bwd + base + s[:, None] * s_l + n[None, :], mask=Bs_mask, other=0.0)
-            if IEEE:
-                acc_b += tl.dot(Ct, tl.trans(Bs), input_precision="ieee")
-            else:
-                acc_b += tl.dot(Ct, tl.trans(Bs))
+            acc_b += _mm(Ct, tl.trans(Bs), IEEE)
     lt = s[None, :] < t[:, None]
     gt = s[None, :] > t[:, None]
     out = tl.where(lt, acc_f, tl.where(gt, acc_b, 0.0))
@@ -170,11 +176,7 @@ def _states_kernel(
         Bs = tl.load(B_base + s[:, None] * s_l + n[None, :], mask=valid[:, None] & nmask[None, :], other=0.0)
         xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=valid[:, None], other=0.0)
         Bw = (Bs.to(tl.float32) * w[:, None]).to(xs.dtype)
-        if IEEE:
-            contrib = tl.dot(tl.trans(Bw), xs, input_precision="ieee")
-        else:
-            contrib = tl.dot(tl.trans(Bw), xs)
-        state = state * tl.exp(total) + contrib
+        state = state * tl.exp(total) + _mm(tl.trans(Bw), xs, IEEE)
 
 
 @triton.jit
@@ -184,10 +186,15 @@ def _output_kernel(
     s_xb, s_xl, s_xh,
     s_b, s_l, s_g, off_bwd,
     s_db, s_dl,
+    dy_ptr, s_yb, s_yl, s_yh,
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-    IEEE: tl.constexpr, WIDE: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr, DOT_DY: tl.constexpr,
 ):
-    """y (B, L, H, P) = M x for one chunk's block of BM rows and one head."""
+    """y (B, L, H, P) = M x for one chunk's block of BM rows and one head.
+
+    With ``DOT_DY`` (for the backward) it writes, instead of ``y``, ``dy . y^f`` and ``dy . y^b``
+    (the two parts of ``y`` without the diagonal) into ``y_ptr`` as float32 (B, 2, H, Lp).
+    """
     bh = tl.program_id(0)
     c = tl.program_id(1)
     if WIDE:  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
@@ -224,13 +231,12 @@ def _output_kernel(
         st = st_ptr + ((((b * NC + c) * 2) * H + h) * N + n[:, None]) * P + p[None, :]
         Sf = tl.load(st, mask=nmask[:, None], other=0.0).to(Cf.dtype)
         Sb = tl.load(st + H * N * P, mask=nmask[:, None], other=0.0).to(Cb.dtype)
-        if IEEE:
-            acc_f += tl.dot(Cf, Sf, input_precision="ieee")
-            acc_b += tl.dot(Cb, Sb, input_precision="ieee")
-        else:
-            acc_f += tl.dot(Cf, Sf)
-            acc_b += tl.dot(Cb, Sb)
-    acc = acc_f * tl.exp(excl_f)[:, None] + acc_b * tl.exp(excl_b)[:, None]
+        acc_f += _mm(Cf, Sf, IEEE)
+        acc_b += _mm(Cb, Sb, IEEE)
+    acc_f = acc_f * tl.exp(excl_f)[:, None]
+    acc_b = acc_b * tl.exp(excl_b)[:, None]
+    if not DOT_DY:
+        acc = acc_f + acc_b
 
     # Inside the chunk: one matrix holding both directions and the diagonal.
     d_t = tl.load(diag_ptr + b * s_db + t * s_dl + h, mask=tvalid, other=0.0).to(tl.float32)
@@ -247,15 +253,24 @@ def _output_kernel(
         gt = s[None, :] > t[:, None]
         log_f = tl.where(lt, excl_f[:, None] - cum_f_s[None, :], float("-inf"))
         log_b = tl.where(gt, excl_b[:, None] - cum_b_s[None, :], float("-inf"))
-        M = cb * (tl.exp(log_f) * dt_f_s[None, :] + tl.exp(log_b) * dt_b_s[None, :])
-        M = tl.where(s[None, :] == t[:, None], d_t[:, None], M)
+        E_f = tl.exp(log_f) * dt_f_s[None, :]
+        E_b = tl.exp(log_b) * dt_b_s[None, :]
         xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
-        if IEEE:
-            acc += tl.dot(M.to(xs.dtype), xs, input_precision="ieee")
+        if DOT_DY:
+            acc_f += _mm((cb * E_f).to(xs.dtype), xs, IEEE)
+            acc_b += _mm((cb * E_b).to(xs.dtype), xs, IEEE)
         else:
-            acc += tl.dot(M.to(xs.dtype), xs)
-    y = y_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=tvalid[:, None])
+            M = tl.where(s[None, :] == t[:, None], d_t[:, None], cb * (E_f + E_b))
+            acc += _mm(M.to(xs.dtype), xs, IEEE)
+    if DOT_DY:
+        dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=tvalid[:, None], other=0.0)
+        dy = dy.to(tl.float32)
+        w = y_ptr + (b * 2 * H + h) * Lp + t
+        tl.store(w, tl.sum(dy * acc_f, axis=1), mask=tvalid)
+        tl.store(w + H * Lp, tl.sum(dy * acc_b, axis=1), mask=tvalid)
+    else:
+        y = y_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :]
+        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=tvalid[:, None])
 
 
 #: Launch configuration (block sizes and warps), tuned on an H100 with benchmarks/hydra_profile.py.
@@ -292,6 +307,33 @@ def hydra_scan_fwd(
     Returns:
         ``y_BLHP`` (contiguous) in the dtype of ``x``.
     """
+    parts = _forward_parts(x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH, chunk_size)
+    batch, seqlen, nheads, headdim = x_BLHP.shape
+    ngroups, d_state = BC_BL4GN.shape[-2:]
+    q = parts.q
+    y = torch.empty(batch, seqlen, nheads, headdim, device=x_BLHP.device, dtype=x_BLHP.dtype)
+    bm = min(CONFIG["out_bm"], q)
+    bk = min(64, q)
+    s_b, s_l, s_g = BC_BL4GN.stride(0), BC_BL4GN.stride(1), BC_BL4GN.stride(3)
+    _output_kernel[(batch * nheads, parts.nchunks, q // bm)](
+        x_BLHP, BC_BL4GN[:, :, 1], parts.dt, parts.cum, parts.states, parts.cb, diag_BLH, A_H, y,
+        seqlen, nheads, d_state, ngroups, parts.nchunks, parts.lp,
+        x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, 2 * ngroups * d_state,
+        diag_BLH.stride(0), diag_BLH.stride(1), y, 0, 0, 0,
+        Q=q, P=headdim, BM=bm, BK=bk, BN=parts.bn, IEEE=parts.ieee, WIDE=parts.wide, DOT_DY=False,
+        num_warps=CONFIG["out_warps"],
+    )
+    return y
+
+
+def _forward_parts(
+    x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH, chunk_size, ieee: bool | None = None
+) -> SimpleNamespace:
+    """Checks, then steps 1-3: ``dt`` and cumulative decays, the ``CB`` matrices, the carried states.
+
+    States are stored in the dtype of ``x``; ``ieee`` (default: ``x`` is float32) asks for IEEE
+    float32 products instead of the matrix units' faster modes.
+    """
     batch, seqlen, nheads, headdim = x_BLHP.shape
     _, _, four, ngroups, d_state = BC_BL4GN.shape
     q = chunk_size
@@ -307,7 +349,8 @@ def hydra_scan_fwd(
     device = x_BLHP.device
     nchunks = triton.cdiv(seqlen, q)
     lp = nchunks * q
-    ieee = x_BLHP.dtype == torch.float32
+    if ieee is None:
+        ieee = x_BLHP.dtype == torch.float32
     # 64-bit offsets only where some index may pass 2**31 (they cost about 20% at small sizes).
     state_elements = batch * nchunks * 2 * nheads * d_state * headdim
     output_elements = batch * seqlen * nheads * headdim
@@ -330,22 +373,16 @@ def hydra_scan_fwd(
         Q=q, BT=bt, BN=bn, IEEE=ieee, WIDE=wide, num_warps=4,
     )
     states = torch.empty(batch, nchunks, 2, nheads, d_state, headdim, device=device, dtype=x_BLHP.dtype)
-    if ieee:
-        states = states.float()
-    bn_state = min(CONFIG["state_bn"] if headdim <= 64 and (q <= 128 or not ieee) else 32,
+    wide_tiles = x_BLHP.dtype == torch.float32 and q > 128  # float32 tiles of 256 rows need smaller blocks
+    bn_state = min(CONFIG["state_bn"] if headdim <= 64 and not wide_tiles else 32,
                    triton.next_power_of_2(d_state))
     _states_kernel[(batch, nheads, 2 * triton.cdiv(d_state, bn_state))](
         x_BLHP, B_f, dt, cum, states, seqlen, nheads, d_state, ngroups, nchunks, lp,
         x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, off_bwd,
-        Q=q, P=headdim, BN=bn_state, IEEE=ieee, WIDE=wide, num_warps=CONFIG["state_warps"], num_stages=1 if ieee else 2,
+        Q=q, P=headdim, BN=bn_state, IEEE=ieee, WIDE=wide, num_warps=CONFIG["state_warps"],
+        num_stages=1 if x_BLHP.dtype == torch.float32 else 2,
     )
-    y = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=x_BLHP.dtype)
-    bm = min(CONFIG["out_bm"], q)
-    bk = min(64, q)
-    _output_kernel[(batch * nheads, nchunks, q // bm)](
-        x_BLHP, C_f, dt, cum, states, cb, diag_BLH, A_H, y, seqlen, nheads, d_state, ngroups, nchunks, lp,
-        x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, off_bwd,
-        diag_BLH.stride(0), diag_BLH.stride(1),
-        Q=q, P=headdim, BM=bm, BK=bk, BN=bn, IEEE=ieee, WIDE=wide, num_warps=CONFIG["out_warps"],
+    return SimpleNamespace(
+        dt=dt, cum=cum, cb=cb, states=states, q=q, nchunks=nchunks, lp=lp, ieee=ieee, wide=wide, bn=bn,
+        bn_state=bn_state,
     )
-    return y

@@ -15,7 +15,7 @@ Backends:
   flip) through :func:`hthlight.ssd.torch_scan.ssd_scan`, shift, flip back, add the diagonal:
   the public layer's arrangement in plain PyTorch. Runs anywhere, any dtype.
 * ``triton``: :mod:`hthlight.kernels.hydra_scan`, both directions fused in one pass, no flips
-  (CUDA). Its backward recomputes the forward with the reference and differentiates it.
+  (CUDA), forward and backward.
 * ``mamba_ssm``: the public arrangement over the Mamba-2 Triton kernels of the ``mamba_ssm``
   package (CUDA, when that package is installed), forward and backward.
 """
@@ -68,24 +68,21 @@ def hydra_mix_mamba_ssm(x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH,
 
 
 class _TritonHydraMix(torch.autograd.Function):
-    """Forward: the fused Triton kernels. Backward: differentiate the reference, recomputed."""
+    """Forward and backward through the fused Triton kernels (:mod:`hthlight.kernels`)."""
 
     @staticmethod
     def forward(ctx, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
         from hthlight.kernels.hydra_scan import hydra_scan_fwd
 
         ctx.save_for_backward(x, dt_raw, dt_bias, A, BC, diag)
-        ctx.chunk_size = chunk_size
-        return hydra_scan_fwd(x, dt_raw, dt_bias, A, BC, diag, chunk_size=triton_chunk_size(chunk_size))
+        ctx.chunk_size = triton_chunk_size(chunk_size)
+        return hydra_scan_fwd(x, dt_raw, dt_bias, A, BC, diag, chunk_size=ctx.chunk_size)
 
     @staticmethod
     def backward(ctx, dy):
-        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
-        with torch.enable_grad():
-            y = hydra_mix_torch(*inputs, ctx.chunk_size)
-        wanted = [t for t in inputs if t.requires_grad]
-        grads = iter(torch.autograd.grad(y, wanted, dy, allow_unused=True))
-        return (*[next(grads) if t.requires_grad else None for t in inputs], None)
+        from hthlight.kernels.hydra_scan_bwd import hydra_scan_bwd
+
+        return (*hydra_scan_bwd(dy, *ctx.saved_tensors, ctx.chunk_size), None)
 
 
 def triton_chunk_size(chunk_size: int) -> int:

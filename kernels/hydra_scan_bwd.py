@@ -1,0 +1,334 @@
+"""Backward of the fused bidirectional Hydra scan (:mod:`hthlight.kernels.hydra_scan`) in Triton.
+
+With ``y = M x`` (module docstring of ``hydra_scan``) and, per head, the forward part
+``M_f[t, s] = C~_f[t].B_f[s] exp(E_f[t] - S_f[s]) dt_f[s]`` (``s < t``; ``E_f``/``S_f`` the
+exclusive/inclusive prefix sums of ``a_f = A dt_f``, ``C~_f[t] = C_f[t-1]``) and the backward
+part mirrored, the gradients are (Mamba-2's SSD backward, Dao & Gu 2024, applied to each part):
+
+* ``u_f[s] = sum_{t>s} C~_f[t].B_f[s] exp(E_f[t] - S_f[s]) dy_t`` (the transposed scan, run
+  with reverse "adjoint" states) and ``u_b`` mirrored;
+  ``dx_s = d_s dy_s + dt_f[s] u_f[s] + dt_b[s] u_b[s]``, ``dd_s = dy_s . x_s``;
+* ``dC~_f[t] = sum_h sum_{s<t} exp(..) dt_f[s] (dy_t . x_s) B_f[s]`` and
+  ``dB_f[s] = sum_h dt_f[s] sum_{t>s} exp(..) (dy_t . x_s) C~_f[t]`` (summed over the heads of a
+  group inside one program: no atomics, no per-head copies);
+* the log-decays: ``dE_f[t] = dy_t . y^f_t`` and ``dS_f[s] = -dt_f[s] (x_s . u_f[s])``, so
+  ``da_f[r] = sum_{t>r} dE_f[t] + sum_{s>=r} dS_f[s]``: two cumulative sums of per-token
+  scalars, done in PyTorch, as are the softplus and the ``dt_bias``/``A`` reductions.
+
+Kernels: ``_adjoint_states_kernel`` (reverse sweep of ``C~ dy^T``), ``_dx_kernel`` (``dx``,
+``x.u``, ``dd``), ``_dbc_kernel`` (``dB``, ``dC``), and the forward ``_output_kernel`` in its
+``dy``-dotted mode for ``dy . y^f`` and ``dy . y^b``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hthlight.kernels.hydra_scan import _forward_parts, _mm, _output_kernel
+
+
+@triton.jit
+def _adjoint_states_kernel(
+    dy_ptr, C_ptr, dt_ptr, cum_ptr, A_ptr, adj_ptr,
+    L, H, N, G, NC, Lp,
+    s_yb, s_yl, s_yh,
+    s_b, s_l, s_g, off_bwd,
+    Q: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
+):
+    """adj (B, NC, 2, H, N, P): forward part, sum over later chunks of exp(..) C~_f dy^T; backward, earlier."""
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    pid = tl.program_id(2)
+    direction = pid % 2
+    nb = pid // 2
+    g = h // (H // G)
+    A = tl.load(A_ptr + h).to(tl.float32)
+    n = nb * BN + tl.arange(0, BN)
+    nmask = n < N
+    p = tl.arange(0, P)
+    rows = tl.arange(0, Q)
+    state = tl.zeros((BN, P), dtype=tl.float32)
+    base = ((b * 2 + direction) * H + h) * Lp
+    shift = 2 * direction - 1  # C~_f[t] = C_f[t - 1], C~_b[t] = C_b[t + 1]
+    C_base = C_ptr + b * s_b + g * s_g + direction * off_bwd
+    for k in range(0, NC):
+        c = k + (1 - direction) * (NC - 1 - 2 * k)  # forward part: from the end; backward part: from the start
+        st = adj_ptr + ((((b * NC + c) * 2 + direction) * H + h) * N + n[:, None]) * P + p[None, :]
+        tl.store(st, state.to(adj_ptr.dtype.element_ty), mask=nmask[:, None])
+        t = c * Q + rows
+        dt = tl.load(dt_ptr + base + t)
+        excl = tl.load(cum_ptr + base + t) - dt * A
+        # The chunk's whole log-decay: the forward prefix at its last token, the backward suffix at its first.
+        total = tl.load(cum_ptr + base + c * Q + (1 - direction) * (Q - 1))
+        tc = t + shift
+        Ct = tl.load(C_base + tc[:, None] * s_l + n[None, :],
+                     mask=((tc >= 0) & (tc < L) & (t < L))[:, None] & nmask[None, :], other=0.0)
+        dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=(t < L)[:, None], other=0.0)
+        Cw = (Ct.to(tl.float32) * tl.exp(excl)[:, None]).to(dy.dtype)
+        state = state * tl.exp(total) + _mm(tl.trans(Cw), dy, IEEE)
+
+
+@triton.jit
+def _dx_kernel(
+    x_ptr, dy_ptr, B_ptr, dt_ptr, cum_ptr, A_ptr, adj_ptr, cb_ptr, diag_ptr, dx_ptr, scal_ptr,
+    L, H, N, G, NC, Lp,
+    s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
+    s_b, s_l, s_g, off_bwd,
+    s_db, s_dl,
+    Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """dx (B, L, H, P); scal (B, 3, H, Lp) float32: x.u_f, x.u_b, dy.x per token and head."""
+    bh = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
+    m = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    g = h // (H // G)
+    A = tl.load(A_ptr + h).to(tl.float32)
+    s = c * Q + m * BM + tl.arange(0, BM)
+    svalid = s < L
+    p = tl.arange(0, P)
+    f_base = (b * 2 * H + h) * Lp
+    b_base = ((b * 2 + 1) * H + h) * Lp
+    dt_f_s = tl.load(dt_ptr + f_base + s)
+    dt_b_s = tl.load(dt_ptr + b_base + s)
+    cum_f_s = tl.load(cum_ptr + f_base + s)
+    cum_b_s = tl.load(cum_ptr + b_base + s)
+    total_f = tl.load(cum_ptr + f_base + c * Q + Q - 1)
+    total_b = tl.load(cum_ptr + b_base + c * Q)
+
+    # Later chunks (forward part) and earlier chunks (backward part), through the adjoint states.
+    B_base = B_ptr + b * s_b + g * s_g
+    u_f = tl.zeros((BM, P), dtype=tl.float32)
+    u_b = tl.zeros((BM, P), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        n = n0 + tl.arange(0, BN)
+        nmask = n < N
+        mask = svalid[:, None] & nmask[None, :]
+        Bf = tl.load(B_base + s[:, None] * s_l + n[None, :], mask=mask, other=0.0)
+        Bb = tl.load(B_base + off_bwd + s[:, None] * s_l + n[None, :], mask=mask, other=0.0)
+        st = adj_ptr + ((((b * NC + c) * 2) * H + h) * N + n[:, None]) * P + p[None, :]
+        Gf = tl.load(st, mask=nmask[:, None], other=0.0).to(Bf.dtype)
+        Gb = tl.load(st + H * N * P, mask=nmask[:, None], other=0.0).to(Bb.dtype)
+        u_f += _mm(Bf, Gf, IEEE)
+        u_b += _mm(Bb, Gb, IEEE)
+    u_f = u_f * tl.exp(total_f - cum_f_s)[:, None]
+    u_b = u_b * tl.exp(total_b - cum_b_s)[:, None]
+
+    # Inside the chunk: the transposed CB matrix, masked and decayed, times dy.
+    si = m * BM + tl.arange(0, BM)
+    for k0 in range(0, Q, BK):
+        t = c * Q + k0 + tl.arange(0, BK)
+        tj = k0 + tl.arange(0, BK)
+        cbT = tl.load(cb_ptr + ((b * G + g) * NC + c) * Q * Q + tj[None, :] * Q + si[:, None])  # [s, t] = CB[t, s]
+        excl_f_t = tl.load(cum_ptr + f_base + t) - tl.load(dt_ptr + f_base + t) * A
+        excl_b_t = tl.load(cum_ptr + b_base + t) - tl.load(dt_ptr + b_base + t) * A
+        later = t[None, :] > s[:, None]
+        earlier = t[None, :] < s[:, None]
+        Nf = tl.where(later, cbT * tl.exp(tl.where(later, excl_f_t[None, :] - cum_f_s[:, None], 0.0)), 0.0)
+        Nb = tl.where(earlier, cbT * tl.exp(tl.where(earlier, excl_b_t[None, :] - cum_b_s[:, None], 0.0)), 0.0)
+        dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=(t < L)[:, None], other=0.0)
+        u_f += _mm(Nf.to(dy.dtype), dy, IEEE)
+        u_b += _mm(Nb.to(dy.dtype), dy, IEEE)
+
+    x = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=svalid[:, None], other=0.0)
+    x = x.to(tl.float32)
+    dy_s = tl.load(dy_ptr + b * s_yb + s[:, None] * s_yl + h * s_yh + p[None, :], mask=svalid[:, None], other=0.0)
+    dy_s = dy_s.to(tl.float32)
+    d_s = tl.load(diag_ptr + b * s_db + s * s_dl + h, mask=svalid, other=0.0).to(tl.float32)
+    dx = d_s[:, None] * dy_s + dt_f_s[:, None] * u_f + dt_b_s[:, None] * u_b
+    tl.store(dx_ptr + ((b * L + s[:, None]) * H + h) * P + p[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=svalid[:, None])
+    scal = scal_ptr + (b * 3 * H + h) * Lp + s
+    tl.store(scal, tl.sum(x * u_f, axis=1), mask=svalid)
+    tl.store(scal + H * Lp, tl.sum(x * u_b, axis=1), mask=svalid)
+    tl.store(scal + 2 * H * Lp, tl.sum(x * dy_s, axis=1), mask=svalid)
+
+
+@triton.jit
+def _dbc_kernel(
+    x_ptr, dy_ptr, B_ptr, C_ptr, dt_ptr, cum_ptr, A_ptr, st_ptr, adj_ptr, dbc_ptr,
+    L, H, N, G, NC, Lp,
+    s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
+    s_b, s_l, s_g, off_bwd,
+    s_ob, s_ol,
+    Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
+    WANT_DB: tl.constexpr, IEEE: tl.constexpr,
+):
+    """dC (WANT_DB False) or dB (True) of both parts for BM rows and BN state channels, summed over the group's heads.
+
+    Output ``dbc`` is (B, L, 4, G, N) float32 laid out like ``BC``: dB_f, dC_f, dB_b, dC_b.
+    """
+    bg = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
+    pid = tl.program_id(2)
+    NB = tl.cdiv(N, BN)
+    m = pid // NB
+    nb = pid % NB
+    b = bg // G
+    g = bg % G
+    R = H // G
+    rows = c * Q + m * BM + tl.arange(0, BM)
+    rvalid = rows < L
+    n = nb * BN + tl.arange(0, BN)
+    nmask = n < N
+    p = tl.arange(0, P)
+    acc_f = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_b = tl.zeros((BM, BN), dtype=tl.float32)
+    BC_base = b * s_b + g * s_g
+    for r in range(0, R):
+        h = g * R + r
+        A = tl.load(A_ptr + h).to(tl.float32)
+        f_base = (b * 2 * H + h) * Lp
+        b_base = ((b * 2 + 1) * H + h) * Lp
+        dt_f_r = tl.load(dt_ptr + f_base + rows)
+        dt_b_r = tl.load(dt_ptr + b_base + rows)
+        cum_f_r = tl.load(cum_ptr + f_base + rows)
+        cum_b_r = tl.load(cum_ptr + b_base + rows)
+        if WANT_DB:  # rows are sources s; the partner operand is dy, the off-chunk term uses adjoint states
+            own = tl.load(x_ptr + b * s_xb + rows[:, None] * s_xl + h * s_xh + p[None, :], mask=rvalid[:, None],
+                          other=0.0)
+            states = adj_ptr
+            scale_f = tl.exp(tl.load(cum_ptr + f_base + c * Q + Q - 1) - cum_f_r) * dt_f_r
+            scale_b = tl.exp(tl.load(cum_ptr + b_base + c * Q) - cum_b_r) * dt_b_r
+        else:  # rows are outputs t; the partner operand is x, the off-chunk term uses forward states
+            own = tl.load(dy_ptr + b * s_yb + rows[:, None] * s_yl + h * s_yh + p[None, :], mask=rvalid[:, None],
+                          other=0.0)
+            states = st_ptr
+            scale_f = tl.exp(cum_f_r - dt_f_r * A)
+            scale_b = tl.exp(cum_b_r - dt_b_r * A)
+        st = states + ((((b * NC + c) * 2) * H + h) * N + n[None, :]) * P + p[:, None]  # (P, BN) view of (N, P)
+        Sf = tl.load(st, mask=nmask[None, :], other=0.0).to(own.dtype)
+        Sb = tl.load(st + H * N * P, mask=nmask[None, :], other=0.0).to(own.dtype)
+        acc_f += _mm(own, Sf, IEEE) * scale_f[:, None]
+        acc_b += _mm(own, Sb, IEEE) * scale_b[:, None]
+        for k0 in range(0, Q, BK):
+            k = c * Q + k0 + tl.arange(0, BK)
+            kvalid = k < L
+            dt_f_k = tl.load(dt_ptr + f_base + k)
+            dt_b_k = tl.load(dt_ptr + b_base + k)
+            cum_f_k = tl.load(cum_ptr + f_base + k)
+            cum_b_k = tl.load(cum_ptr + b_base + k)
+            if WANT_DB:
+                other = tl.load(dy_ptr + b * s_yb + k[:, None] * s_yl + h * s_yh + p[None, :], mask=kvalid[:, None],
+                                other=0.0)
+                S = _mm(own, tl.trans(other), IEEE)  # [s, t] = dy_t . x_s
+                fwd = k[None, :] > rows[:, None]
+                bwd = k[None, :] < rows[:, None]
+                log_f = (cum_f_k - dt_f_k * A)[None, :] - cum_f_r[:, None]
+                log_b = (cum_b_k - dt_b_k * A)[None, :] - cum_b_r[:, None]
+                W_f = tl.where(fwd, S * tl.exp(tl.where(fwd, log_f, 0.0)), 0.0) * dt_f_r[:, None]
+                W_b = tl.where(bwd, S * tl.exp(tl.where(bwd, log_b, 0.0)), 0.0) * dt_b_r[:, None]
+                kf = k - 1
+                kb = k + 1
+                Of = tl.load(C_ptr + BC_base + kf[:, None] * s_l + n[None, :],
+                             mask=((kf >= 0) & kvalid)[:, None] & nmask[None, :], other=0.0)
+                Ob = tl.load(C_ptr + off_bwd + BC_base + kb[:, None] * s_l + n[None, :],
+                             mask=(kb < L)[:, None] & nmask[None, :], other=0.0)
+            else:
+                other = tl.load(x_ptr + b * s_xb + k[:, None] * s_xl + h * s_xh + p[None, :], mask=kvalid[:, None],
+                                other=0.0)
+                S = _mm(own, tl.trans(other), IEEE)  # [t, s] = dy_t . x_s
+                fwd = k[None, :] < rows[:, None]
+                bwd = k[None, :] > rows[:, None]
+                log_f = (cum_f_r - dt_f_r * A)[:, None] - cum_f_k[None, :]
+                log_b = (cum_b_r - dt_b_r * A)[:, None] - cum_b_k[None, :]
+                W_f = tl.where(fwd, S * tl.exp(tl.where(fwd, log_f, 0.0)), 0.0) * dt_f_k[None, :]
+                W_b = tl.where(bwd, S * tl.exp(tl.where(bwd, log_b, 0.0)), 0.0) * dt_b_k[None, :]
+                mask = kvalid[:, None] & nmask[None, :]
+                Of = tl.load(B_ptr + BC_base + k[:, None] * s_l + n[None, :], mask=mask, other=0.0)
+                Ob = tl.load(B_ptr + off_bwd + BC_base + k[:, None] * s_l + n[None, :], mask=mask, other=0.0)
+            acc_f += _mm(W_f.to(Of.dtype), Of, IEEE)
+            acc_b += _mm(W_b.to(Ob.dtype), Ob, IEEE)
+    out = dbc_ptr + b * s_ob + g * N + n[None, :]
+    if WANT_DB:  # dB_f[s], dB_b[s]
+        mask = rvalid[:, None] & nmask[None, :]
+        tl.store(out + rows[:, None] * s_ol, acc_f, mask=mask)
+        tl.store(out + 2 * G * N + rows[:, None] * s_ol, acc_b, mask=mask)
+    else:  # dC_f[t - 1] = dC~_f[t], dC_b[t + 1] = dC~_b[t]
+        rf = rows - 1
+        rb = rows + 1
+        tl.store(out + G * N + rf[:, None] * s_ol, acc_f, mask=((rf >= 0) & rvalid)[:, None] & nmask[None, :])
+        tl.store(out + 3 * G * N + rb[:, None] * s_ol, acc_b, mask=(rb < L)[:, None] & nmask[None, :])
+
+
+def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
+    """Gradients of :func:`hydra_scan_fwd` for ``(x, dt_raw, dt_bias, A, BC, diag)``."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, d_state = BC.shape[-2:]
+    out_dtypes = (x.dtype, BC.dtype)
+    ieee = x.dtype == torch.float32
+    dy = dy.contiguous() if dy.stride(-1) != 1 else dy
+    parts = _forward_parts(x, dt_raw, dt_bias, A, BC, diag, chunk_size, ieee=ieee)  # dt, cum, CB, states
+    q, nchunks, lp = parts.q, parts.nchunks, parts.lp
+    dy = dy.contiguous() if dy.stride(-1) != 1 else dy
+    device = x.device
+    s_b, s_l, s_g = BC.stride(0), BC.stride(1), BC.stride(3)
+    B_f, C_f = BC[:, :, 0], BC[:, :, 1]
+    off_bwd = 2 * ngroups * d_state
+    bn = min(64, triton.next_power_of_2(d_state))
+    bm = bk = min(64, q)
+
+    # dy . y^f and dy . y^b per token and head (the forward output kernel, dy-dotted).
+    w = torch.zeros(batch, 2, nheads, lp, device=device, dtype=torch.float32)
+    _output_kernel[(batch * nheads, nchunks, q // bm)](
+        x, C_f, parts.dt, parts.cum, parts.states, parts.cb, diag, A, w, seqlen, nheads, d_state, ngroups, nchunks, lp,
+        x.stride(0), x.stride(1), x.stride(2), s_b, s_l, s_g, off_bwd, diag.stride(0), diag.stride(1),
+        dy, dy.stride(0), dy.stride(1), dy.stride(2),
+        Q=q, P=headdim, BM=bm, BK=bk, BN=bn, IEEE=ieee, WIDE=True, DOT_DY=True, num_warps=4,
+    )
+    adj = torch.empty_like(parts.states)
+    _adjoint_states_kernel[(batch, nheads, 2 * triton.cdiv(d_state, parts.bn_state))](
+        dy, C_f, parts.dt, parts.cum, A, adj, seqlen, nheads, d_state, ngroups, nchunks, lp,
+        dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
+        Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, num_warps=4, num_stages=1,
+    )
+    dx = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=out_dtypes[0])
+    scal = torch.zeros(batch, 3, nheads, lp, device=device, dtype=torch.float32)
+    _dx_kernel[(batch * nheads, nchunks, q // bm)](
+        x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, seqlen, nheads, d_state, ngroups, nchunks,
+        lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
+        diag.stride(0), diag.stride(1), Q=q, P=headdim, BM=bm, BK=bk, BN=bn, IEEE=ieee, num_warps=4,
+    )
+    dbc = torch.zeros(batch, seqlen, 4, ngroups, d_state, device=device, dtype=torch.float32)
+    bn_bc = min(64, triton.next_power_of_2(d_state))
+    grid = (batch * ngroups, nchunks, (q // bm) * triton.cdiv(d_state, bn_bc))
+    for want_db in (False, True):
+        _dbc_kernel[grid](
+            x, dy, B_f, C_f, parts.dt, parts.cum, A, parts.states, adj, dbc, seqlen, nheads, d_state, ngroups,
+            nchunks, lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
+            s_b, s_l, s_g, off_bwd, dbc.stride(0), dbc.stride(1),
+            Q=q, P=headdim, BM=bm, BK=bk, BN=bn_bc, WANT_DB=want_db, IEEE=ieee, num_warps=4,
+        )
+
+    # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring).
+    dt = parts.dt[..., :seqlen]  # (B, 2, H, L)
+    xu = scal[:, :2, :, :seqlen]  # x . u_f, x . u_b
+    z = dt * xu
+    w = w[..., :seqlen]
+    w_f, w_b = w[:, 0], w[:, 1]
+    z_f, z_b = z[:, 0], z[:, 1]
+    # forward part: da[r] = sum_{t>r} w[t] - sum_{s>=r} z[s]; backward part: sum_{t<r} w[t] - sum_{s<=r} z[s]
+    rev_w = w_f.flip(-1).cumsum(-1).flip(-1)
+    da_f = (rev_w - w_f) - z_f.flip(-1).cumsum(-1).flip(-1)
+    da_b = (w_b.cumsum(-1) - w_b) - z_b.cumsum(-1)
+    da = torch.stack([da_f, da_b], dim=1)
+    A32 = A.float()
+    ddt = xu + A32[None, None, :, None] * da  # (B, 2, H, L)
+    dA = (dt * da).sum(dim=(0, 1, 3))
+    raw = dt_raw.float().unflatten(-1, (2, nheads)).permute(0, 2, 3, 1) + dt_bias.float()[None, None, :, None]
+    draw = ddt * torch.sigmoid(raw)  # softplus'
+    ddt_bias = draw.sum(dim=(0, 1, 3))
+    ddt_raw = draw.permute(0, 3, 1, 2).flatten(2)  # (B, L, 2H)
+    ddiag = scal[:, 2, :, :seqlen].transpose(1, 2)  # (B, L, H)
+    return (
+        dx,
+        ddt_raw.to(dt_raw.dtype),
+        ddt_bias.to(dt_bias.dtype),
+        dA.to(A.dtype),
+        dbc.to(out_dtypes[1]),
+        ddiag.to(diag.dtype),
+    )
