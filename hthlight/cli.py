@@ -20,6 +20,14 @@ USAGE_EXTRA = """
 extra commands:
   components [KIND]      list registered components (kind, name, source, status)
   eval digits PRED_DIR   classify predicted digits with a classifier of the real digits
+  eval fid SAMPLES_DIR REF_DIR --features PATH   FID + KID with a local Inception (docs/sampling.md)
+  eval clip SAMPLES_DIR --model LOCAL_CLIP_DIR   CLIP score of prompted samples (docs/sampling.md)
+  eval fvd SAMPLES_DIR REF_DIR --i3d PATH.pt     FVD, StyleGAN-V protocol (docs/sampling.md)
+  data moving-digits --out DIR   write the moving-digits MP4 clips and their manifest (docs/video.md)
+  adapt-video IMAGE_CKPT OUT_CKPT [--num-frames T]   image checkpoint -> video model (HTH sec. 3.3)
+  text-encoder {tiny-t5,tiny-clip} --out DIR [--seed N]   save a tiny random text encoder (docs/text_to_image.md)
+  cache --config CONFIG --output DIR   encode a data set once into VAE latents + text features (docs/data.md)
+  export CKPT OUT_DIR [--raw]   denoiser (EMA weights) as safetensors + resolved config (docs/scale_out.md)
 """
 
 
@@ -59,8 +67,22 @@ def eval_digits(argv: Sequence[str]) -> int:
 
 
 #: ``hthlight eval NAME ...`` -> handler(argv) returning the exit status
+def eval_module(name: str):
+    """Handler running ``hthlight.eval.<name>.main(argv)``, imported on use."""
+
+    def handler(argv: Sequence[str]) -> int:
+        import importlib
+
+        return importlib.import_module(f"hthlight.eval.{name}").main(list(argv))
+
+    return handler
+
+
 EVALUATIONS = {
     "digits": eval_digits,
+    "fid": eval_module("fid"),
+    "clip": eval_module("clip_score"),
+    "fvd": eval_module("fvd"),
 }
 
 
@@ -74,7 +96,20 @@ def run_eval(argv: Sequence[str]) -> int:
 EXTRA_COMMANDS = {
     "components": print_components,
     "eval": run_eval,
+    "data": lambda argv: _video_command("hthlight.data.moving_digits:data_command", argv),
+    "adapt-video": lambda argv: _video_command("hthlight.adapt:main", argv),
+    "text-encoder": lambda argv: _video_command("hthlight.conditioning.text_encoders:text_encoder_command", argv),
+    "cache": lambda argv: _video_command("hthlight.data.feature_cache:cache_command", argv),
+    "export": lambda argv: _video_command("hthlight.export:main", argv),
 }
+
+
+def _video_command(target: str, argv: Sequence[str]) -> int:
+    """Import a command's module only when it runs (video commands need the `video` extra)."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(list(argv))
 
 
 def run_lightning(argv: Sequence[str] | None) -> None:

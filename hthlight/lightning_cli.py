@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 
 import hthlight.callbacks
 import hthlight.data  # noqa: F401  (makes data modules selectable by class name)
+from hthlight.cli import USAGE_EXTRA
 from hthlight.errors import ConfigError, HthlightError
 from hthlight.module import DiffusionModule
 from hthlight.registry import remember_provenance
@@ -26,17 +27,16 @@ _SPECIAL_CKPT = {"last", "best", "hpc", "registry"}
 #: hyperparameters a checkpoint dictates: they must match its weights
 ARCHITECTURE_HPARAMS = ("denoiser", "scheduler", "vae", "num_frames")
 
-DESCRIPTION = """Train and sample diffusion models mixing Hydra state-space mixers with attention.
+DESCRIPTION = (
+    """Train and sample diffusion models mixing Hydra state-space mixers with attention.
 
 Typical use:
   hthlight fit --config configs/digits.yaml
   hthlight predict --config configs/digits.yaml --ckpt_path runs/digits/checkpoints/last.ckpt
   hthlight fit --config configs/digits.yaml --print_config     (every option with its default)
-
-More commands:
-  hthlight components [KIND]      registered components: kind, name, source, load status
-  hthlight eval digits PRED_DIR   score digit samples with a classifier of the real digits
 """
+    + USAGE_EXTRA
+)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):

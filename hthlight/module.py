@@ -11,19 +11,29 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import nn
 
-from hthlight.diffusion.samplers import get_sampler, guided
+from hthlight.callbacks.numerics import step_was_skipped
+from hthlight.conditioning.text_encoders import (
+    build_text_encoder,
+    encode_captions,
+    encode_prompts,
+    install_empty_prompt,
+    pair_with_negative,
+)
+from hthlight.diffusion.rectified_flow import sample_time_for
+from hthlight.diffusion.samplers import check_sampler, guided, run_sampler
 from hthlight.ema import ema_decay, ema_update
 from hthlight.errors import ConfigError
 from hthlight.models.denoiser import Denoiser, DenoiserConfig
 from hthlight.models.presets import PresetSpec
-from hthlight.registry import build_from_spec, plugin_provenance
+from hthlight.registry import build_from_spec, plugin_provenance, resolve
+from hthlight.strategies import clean_name, no_weight_decay_names
 
 
 @dataclass
@@ -69,18 +79,24 @@ class SamplingConfig:
     """How ``predict`` and sample callbacks generate.
 
     Args:
-        sampler: ``euler`` (= DDIM on the flow path) or ``heun``.
+        sampler: ``euler`` (= DDIM on the flow path) or ``heun`` for rectified flow; ``ddim`` or
+            ``ddpm`` for the ``ddpm`` objective; ``diffusers:<SchedulerClass>`` for any diffusers
+            scheduler (docs/sampling.md lists the pairs that fit).
         steps: number of sampler steps.
         cfg_scale: classifier-free guidance scale (1: no guidance).
+        sampler_kwargs: the sampler's own options, e.g. ``{eta: 0.5}`` for ``ddim`` or the diffusers
+            scheduler's constructor arguments (``{algorithm_type: dpmsolver++, solver_order: 2}``).
     """
 
     sampler: str = "euler"
     steps: int = 50
     cfg_scale: float = 4.0
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _as(cls, value):
-    return cls(**value) if isinstance(value, Mapping) else value
+    """A private ``cls`` instance: the dataclass defaults in the signature are shared objects."""
+    return cls(**value) if isinstance(value, Mapping) else copy.deepcopy(value)
 
 
 def resolve_denoiser(value: DenoiserConfig | PresetSpec | Mapping[str, Any]) -> DenoiserConfig:
@@ -106,6 +122,10 @@ class DiffusionModule(L.LightningModule):
             patch size times the VAE factor: positions and scans are computed per grid).
         sample_width: generate at this width instead of ``image_size``.
         num_frames: frames per generated sample (1 for images).
+        text_encoder: frozen text encoder (registry kind ``text_encoder``, e.g.
+            ``{name: t5, path: ..., max_length: 120}``) that turns batch ``caption`` and predict
+            ``prompt``/``negative_prompt`` strings into ``context``; built on first use, loaded
+            from its path and never saved in checkpoints (see docs/text_to_image.md).
     """
 
     def __init__(
@@ -120,6 +140,7 @@ class DiffusionModule(L.LightningModule):
         sample_height: int | None = None,
         sample_width: int | None = None,
         num_frames: int = 1,
+        text_encoder: str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.denoiser_config = resolve_denoiser(denoiser)
@@ -142,13 +163,18 @@ class DiffusionModule(L.LightningModule):
                 "sample_height": sample_height,
                 "sample_width": sample_width,
                 "num_frames": num_frames,
+                "text_encoder": text_encoder,
             }
         )
         self.scheduler = build_from_spec("scheduler", scheduler)
         self.vae = build_from_spec("vae", vae)
         if isinstance(self.vae, nn.Module):
             self.vae.requires_grad_(False)
-        get_sampler(self.sampling.sampler)  # fail now, not after training
+        check_sampler(self.scheduler, self.sampling.sampler, self.sampling.sampler_kwargs)  # fail now, not later
+        self.text_encoder_spec = text_encoder
+        if text_encoder is not None:
+            resolve("text_encoder", text_encoder)  # an unknown name fails now; weights load on first use
+        object.__setattr__(self, "_text_encoder", None)  # not a submodule: never in state_dict / checkpoints
         if not 0.0 <= self.ema_config.decay < 1.0:
             raise ConfigError(f"ema.decay must be in [0, 1), got {self.ema_config.decay}")
         with torch.device("meta"):  # validates names, kwargs and shapes without allocating
@@ -164,6 +190,13 @@ class DiffusionModule(L.LightningModule):
         if self.ema_config.decay > 0:
             self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
 
+    @classmethod
+    def from_exported(cls, directory: str, map_location: str | torch.device = "cpu") -> DiffusionModule:
+        """A sampling-only module from ``hthlight export``'s folder (see :mod:`hthlight.export`)."""
+        from hthlight.export import load_exported
+
+        return load_exported(directory, map_location)
+
     def sampling_model(self) -> Denoiser:
         self.configure_model()
         if self.ema_denoiser is not None and self.ema_config.use_for_sampling:
@@ -174,9 +207,13 @@ class DiffusionModule(L.LightningModule):
         checkpoint["hthlight_plugins"] = plugin_provenance()  # names the plugins to install to load it
 
     def configure_callbacks(self):
+        from hthlight.callbacks.resume import ExactResume
         from hthlight.callbacks.skipped import SkippedSamplesReporter
+        from hthlight.checkpointing import SafeCheckpoints
 
-        return [SkippedSamplesReporter()]
+        configured = {type(cb) for cb in self._trainer.callbacks} if self._trainer is not None else set()
+        defaults = [SkippedSamplesReporter(), ExactResume(), SafeCheckpoints()]
+        return [cb for cb in defaults if type(cb) not in configured]  # a configured one keeps its settings
 
     def setup(self, stage: str) -> None:
         data_channels = getattr(self.trainer.datamodule, "channels", None)
@@ -195,10 +232,32 @@ class DiffusionModule(L.LightningModule):
         """Clean latents ``x0`` and the batch the conditioner reads; None for an empty batch.
 
         An empty batch is one whose samples were all unreadable and skipped by the collate.
+        ``caption`` strings are encoded into ``context``/``context_mask`` unless the batch has ``context``.
+        A batch with ``latent`` (a feature cache, ``hthlight cache``) is used as it is: ``x0 = latent``.
         """
+        if "latent" in batch:
+            from hthlight.data.feature_cache import use_cached_features
+
+            return use_cached_features(self, batch)
         if "image" not in batch:
             return None
-        return self.vae.encode(batch["image"]), batch
+        return self.vae.encode(batch["image"]), encode_captions(batch, self.encode_text, self.denoiser)
+
+    def text_encoder(self):
+        """The frozen text encoder (built from ``text_encoder`` on first use), or None."""
+        if self._text_encoder is None and self.text_encoder_spec is not None:
+            object.__setattr__(self, "_text_encoder", build_text_encoder(self.text_encoder_spec, self.denoiser_config))
+        return self._text_encoder
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(context_BSD, mask_BS)`` of ``prompts`` on this module's device."""
+        encoder = self.text_encoder()
+        if encoder is None:
+            raise ConfigError("the batch has captions or prompts but model.text_encoder is not set; set it")
+        encode = lambda texts: encoder(texts, device=self.device)
+        install_empty_prompt([getattr(m, "conditioner", None) for m in (self.denoiser, self.ema_denoiser)], encode)
+        return encode(prompts)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         encoded = self.encode_batch(batch)
@@ -209,8 +268,11 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.ema_denoiser is not None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer step, then the EMA update: once per optimizer step (not per accumulated
+        micro-batch), before any callback can checkpoint the step, and not after a skipped step."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema_denoiser is not None and not step_was_skipped(self.trainer):
             decay = ema_decay(self.global_step, self.ema_config.decay, self.ema_config.warmup)
             ema_update(self.ema_denoiser, self.denoiser, decay)
 
@@ -221,7 +283,7 @@ class DiffusionModule(L.LightningModule):
         x0, batch = encoded
         generator = torch.Generator().manual_seed(batch_idx)  # the same noise and times every epoch
         noise = torch.randn(x0.shape, generator=generator).to(x0)
-        t_B = self.scheduler.sample_time(x0.shape[0], generator=generator).to(x0.device)
+        t_B = sample_time_for(self.scheduler, x0, generator)  # resolution-shifted where the objective is
         loss = self.scheduler.loss(lambda x, t: self.denoiser(x, t, batch), x0, noise=noise, t_B=t_B)
         self.log("val/loss", loss, prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
         return loss
@@ -229,11 +291,12 @@ class DiffusionModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.optimizer_config
         decay, no_decay = [], []
+        with torch.device("meta"):  # decided on unwrapped shapes: FSDP flattens its shards to 1-D
+            exempt_names = no_weight_decay_names(Denoiser(self.denoiser_config))
         for name, param in self.denoiser.named_parameters():
             if not param.requires_grad:
                 continue
-            exempt = param.ndim < 2 or getattr(param, "_no_weight_decay", False) or name.endswith(".bias")
-            (no_decay if exempt else decay).append(param)
+            (no_decay if clean_name(name) in exempt_names else decay).append(param)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
@@ -255,7 +318,9 @@ class DiffusionModule(L.LightningModule):
                 f"sample size {height}x{width} must be a multiple of {multiple} (patch size x VAE down-sampling)"
             )
         spatial = (height // factor, width // factor)
-        frames = (self.num_frames,) if self.num_frames > 1 else ()
+        latent_frames = getattr(self.vae, "latent_frames", None)  # video VAEs may compress time
+        frames_T = latent_frames(self.num_frames) if callable(latent_frames) else self.num_frames
+        frames = (frames_T,) if self.num_frames > 1 else ()
         return (self.denoiser_config.in_channels, *frames, *spatial)
 
     @torch.no_grad()
@@ -271,23 +336,29 @@ class DiffusionModule(L.LightningModule):
 
         ``condition`` holds what the conditioner reads, one row per sample (``{"label": ...}``,
         or ``{"context": ..., "context_mask": ...}`` for text); a tensor is taken as labels.
+        ``prompt`` / ``negative_prompt`` (lists of str) are encoded with the text encoder; where a
+        negative prompt is given ("" = none) guidance's unconditional branch uses it instead of
+        the null condition.
         """
         model = self.sampling_model()
         steps = steps or self.sampling.steps
         cfg_scale = self.sampling.cfg_scale if cfg_scale is None else cfg_scale
-        sample = get_sampler(sampler or self.sampling.sampler)
+        sampler_kwargs = self.sampling.sampler_kwargs if sampler in (None, self.sampling.sampler) else {}
+        sampler = sampler or self.sampling.sampler
         device = next(model.parameters()).device
         shape = self.sample_shape()
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds_B]).to(
-            device
-        )
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds_B]  # also drive stochastic samplers
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
         if condition is not None and not isinstance(condition, Mapping):
             condition = {"label": condition}
-        condition = {k: torch.as_tensor(v).to(device) for k, v in (condition or {}).items()}
+        condition, negative = encode_prompts(condition or {}, self.encode_text)
+        condition = {k: torch.as_tensor(v).to(device) for k, v in condition.items()}
 
         def conditional(x: torch.Tensor, t_B: torch.Tensor, drop_B: torch.Tensor) -> torch.Tensor:
             repeats = x.shape[0] // noise.shape[0]  # guidance evaluates both halves as one batch
             batch = {k: v.repeat(repeats, *[1] * (v.ndim - 1)) for k, v in condition.items()}
+            if negative is not None and repeats == 2:
+                batch, drop_B = pair_with_negative(batch, drop_B, negative)
             return model(x, t_B, batch, drop_B)
 
         if model.conditioner is None:
@@ -297,20 +368,23 @@ class DiffusionModule(L.LightningModule):
         was_training = model.training
         model.eval()
         try:
-            times = self.scheduler.sampling_times(steps, device)
-            latents = sample(velocity, noise, times)
+            latents = run_sampler(
+                self.scheduler, sampler, velocity, noise, steps, generator=generators, **sampler_kwargs
+            )
         finally:
             model.train(was_training)
         return self.vae.decode(latents).float().clamp(-1, 1)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        condition = {k: v for k, v in batch.items() if k not in ("seed", "index")}
+        condition = {k: v for k, v in batch.items() if k not in ("seed", "index", "prompt_index")}
         images = self.generate(condition, batch["seed"])
+        prompts = {k: batch[k] for k in ("prompt", "negative_prompt") if k in batch}  # recorded by the writer
         return {
             "images": images.cpu(),
             "label": batch["label"].cpu(),
             "seed": batch["seed"].cpu(),
             "index": batch["index"].cpu(),
+            **prompts,
         }
 
 

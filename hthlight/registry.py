@@ -57,12 +57,20 @@ BUILTINS: dict[str, dict[str, str]] = {
         "class_label": "hthlight.conditioning.labels:ClassLabelConditioner",
         "text_embedding": "hthlight.conditioning.text:TextEmbeddingConditioner",
     },
-    "text_encoder": {},
+    "text_encoder": {
+        "t5": "hthlight.conditioning.text_encoders:T5TextEncoder",
+        "clip": "hthlight.conditioning.text_encoders:CLIPTextEncoder",
+        "hf": "hthlight.conditioning.text_encoders:HFTextEncoder",
+    },
     "vae": {
         "identity": "hthlight.vae.identity:IdentityVAE",
+        "framewise": "hthlight.vae.framewise:FrameWiseVAE",
+        "diffusers_video": "hthlight.vae.video_autoencoder:DiffusersVideoVAE",
+        "autoencoder_kl": "hthlight.vae.autoencoder_kl:AutoencoderKLVAE",
     },
     "scheduler": {
         "rectified_flow": "hthlight.diffusion.rectified_flow:RectifiedFlow",
+        "ddpm": "hthlight.diffusion.ddpm:DDPM",
     },
 }
 

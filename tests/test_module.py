@@ -127,3 +127,12 @@ def test_bad_module_configs_fail_before_training():
         tiny_module(ema={"decay": 1.5})
     with pytest.raises(ConfigError, match="image_size is not set"):
         tiny_module(image_size=None).generate(torch.tensor([0]), [0])
+
+
+def test_modules_do_not_share_their_default_settings():
+    """The dataclass defaults in the signature are single objects: each module must get its own."""
+    first, second = tiny_module(), tiny_module()
+    first.ema_config.use_for_sampling = False
+    first.sampling.sampler_kwargs["eta"] = 0.5
+    assert second.ema_config.use_for_sampling is True
+    assert second.sampling.sampler_kwargs == {}

@@ -10,6 +10,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
+from hthlight.callbacks.video_logging import log_videos
+
 
 class SampleGridLogger(L.Callback):
     """Sample ``samples_per_class`` images of each class from the same seeds every ``every_n_steps``.
@@ -24,6 +26,8 @@ class SampleGridLogger(L.Callback):
         seed: seed of the first sample; sample j of each row uses ``seed + j``.
         steps: sampler steps (default: the model's sampling config).
         cfg_scale: guidance scale (default: the model's sampling config).
+        fps: frame rate of logged sample videos (videos are logged with ``add_video`` when
+            moviepy is installed, else as frame strips under ``samples_frames``).
     """
 
     def __init__(
@@ -34,6 +38,7 @@ class SampleGridLogger(L.Callback):
         seed: int = 0,
         steps: int | None = None,
         cfg_scale: float | None = None,
+        fps: float = 8.0,
     ) -> None:
         if every_n_steps < 1 or samples_per_class < 1:
             raise ValueError("every_n_steps and samples_per_class must be >= 1")
@@ -44,6 +49,8 @@ class SampleGridLogger(L.Callback):
         self.steps = steps
         self.cfg_scale = cfg_scale
         self._last_logged_step = -1
+        self.fps = fps
+        self._videos: torch.Tensor | None = None
 
     def _rows(self, pl_module) -> list[int]:
         if self.classes is not None:
@@ -57,7 +64,8 @@ class SampleGridLogger(L.Callback):
         labels = torch.tensor(rows).repeat_interleave(self.samples_per_class)
         seeds = [self.seed + j for _ in rows for j in range(self.samples_per_class)]
         images = pl_module.generate(labels, seeds, steps=self.steps, cfg_scale=self.cfg_scale)
-        if images.ndim == 5:  # video: show the first frame
+        self._videos = images.cpu() if images.ndim == 5 else None
+        if images.ndim == 5:  # video: the grid shows the first frame; _write logs the clips
             images = images[:, :, 0]
         return make_grid((images.cpu() + 1) / 2, nrow=self.samples_per_class, padding=1, pad_value=1.0)
 
@@ -72,7 +80,10 @@ class SampleGridLogger(L.Callback):
 
     def _log(self, trainer, pl_module) -> None:
         self._last_logged_step = trainer.global_step
-        grid = self.grid(pl_module)
+        # every rank samples (a sharded model needs all of them); the training precision's context
+        # (bf16 autocast) lets FSDP's bf16 parameters meet the float32 noise
+        with trainer.precision_plugin.forward_context():
+            grid = self.grid(pl_module)
         self._write(trainer, grid)
 
     @rank_zero_only
@@ -80,6 +91,8 @@ class SampleGridLogger(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, trainer.global_step)
+                if self._videos is not None:
+                    log_videos(logger.experiment, self._videos, trainer.global_step, self.fps)
         log_dir = trainer.log_dir or trainer.default_root_dir
         out = Path(log_dir) / "samples" / f"step_{trainer.global_step:07d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)

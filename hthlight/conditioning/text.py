@@ -15,12 +15,17 @@ token at position 0, the rest of the row masked out), so it works for any ``S``.
 ``max_length`` the context is also truncated or zero-padded (masked) to exactly
 ``max_length`` tokens, giving every batch the same shape. A sample whose mask has no real
 token is given the null context too (attention over nothing is undefined).
+
+With ``null="empty_prompt"`` the null context is instead the text encoder's embedding of the
+empty prompt "" (Stable Diffusion / PixArt-sigma style caption dropout), installed by the
+module that owns the encoder through :meth:`TextEmbeddingConditioner.set_empty_prompt`; it is
+not a parameter and not saved in checkpoints (it is recomputed from the encoder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -40,6 +45,8 @@ class TextEmbeddingConditioner(Conditioner):
             of that length; None keeps each batch's length and learns a one-token null.
         pooled: also add a projection of the masked mean of the tokens to the conditioning
             vector (added to the timestep embedding).
+        null: ``learned`` (a learned null context) or ``empty_prompt`` (the encoder's
+            embedding of "", see :meth:`set_empty_prompt`).
     """
 
     batch_keys = ("context",)
@@ -51,8 +58,11 @@ class TextEmbeddingConditioner(Conditioner):
         dropout: float = 0.1,
         max_length: int | None = None,
         pooled: bool = False,
+        null: Literal["learned", "empty_prompt"] = "learned",
     ) -> None:
         super().__init__(dropout)
+        if null not in ("learned", "empty_prompt"):
+            raise ValueError(f"null must be 'learned' or 'empty_prompt', got {null!r}")
         if context_dim < 1:
             raise ValueError(f"context_dim must be positive, got {context_dim}")
         if max_length is not None and max_length < 1:
@@ -60,7 +70,12 @@ class TextEmbeddingConditioner(Conditioner):
         self.context_dim = context_dim
         self.max_length = max_length
         null_length = max_length or 1
-        self.null_context = nn.Parameter(torch.randn(null_length, context_dim) / context_dim**0.5)  # PixArt init
+        self.null_kind = null
+        self.null_context: nn.Parameter | None = None
+        if null == "learned":
+            self.null_context = nn.Parameter(torch.randn(null_length, context_dim) / context_dim**0.5)  # PixArt init
+        self.register_buffer("empty_context", None, persistent=False)
+        self.register_buffer("empty_mask", None, persistent=False)
         self.pooled_projection: nn.Linear | None = None
         if pooled:
             self.pooled_projection = nn.Linear(context_dim, dim)
@@ -70,7 +85,7 @@ class TextEmbeddingConditioner(Conditioner):
     def read_context(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch["context"]`` and its mask, checked, cast to this module's dtype and fitted to ``max_length``."""
         self.check_batch(batch)
-        param = self.null_context
+        param = self._anchor()
         context_BSC = torch.as_tensor(batch["context"], device=param.device)
         if context_BSC.ndim != 3 or context_BSC.shape[-1] != self.context_dim:
             raise ValueError(
@@ -94,8 +109,33 @@ class TextEmbeddingConditioner(Conditioner):
             context_BSC, mask_BS = fit_length(context_BSC, mask_BS, self.max_length)
         return context_BSC, mask_BS
 
+    def set_empty_prompt(self, context_SC: torch.Tensor, mask_S: torch.Tensor) -> None:
+        """Install the encoder's embedding of "" (one prompt: ``(S, C)`` and mask ``(S,)``) as the null."""
+        if context_SC.ndim != 2 or context_SC.shape[-1] != self.context_dim or mask_S.shape != context_SC.shape[:1]:
+            raise ValueError(
+                f"empty prompt must be (tokens, {self.context_dim}) with a (tokens,) mask, got "
+                f"{tuple(context_SC.shape)} and {tuple(mask_S.shape)}"
+            )
+        device = self.pooled_projection.weight.device if self.pooled_projection is not None else context_SC.device
+        dtype = self.pooled_projection.weight.dtype if self.pooled_projection is not None else context_SC.dtype
+        self.empty_context = context_SC.detach().to(device=device, dtype=dtype)
+        self.empty_mask = mask_S.detach().to(device=device, dtype=torch.bool)
+
+    def _anchor(self) -> torch.Tensor:
+        """A tensor on this conditioner's device and dtype (the null context)."""
+        anchor = self.null_context if self.null_kind == "learned" else self.empty_context
+        if anchor is None:
+            raise ValueError(
+                "this text conditioner uses null: empty_prompt but no empty-prompt embedding is set; "
+                "set model.text_encoder (the module installs it) or call set_empty_prompt()"
+            )
+        return anchor
+
     def null(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The null context ``(length, C)`` and its mask ``(length,)``."""
+        if self.null_kind == "empty_prompt":
+            context_1SC, mask_1S = fit_length(self._anchor()[None], self.empty_mask[None], length)
+            return context_1SC[0], mask_1S[0]
         n = self.null_context.shape[0]
         if n == length:
             return self.null_context, torch.ones(length, dtype=torch.bool, device=self.null_context.device)
@@ -119,7 +159,7 @@ class TextEmbeddingConditioner(Conditioner):
     def extra_repr(self) -> str:
         return (
             f"context_dim={self.context_dim}, max_length={self.max_length}, "
-            f"pooled={self.pooled_projection is not None}, dropout={self.dropout}"
+            f"pooled={self.pooled_projection is not None}, dropout={self.dropout}, null={self.null_kind}"
         )
 
 

@@ -15,12 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from hthlight.data.prompts import PromptRequests
 from hthlight.data.requests import SamplingRequests, check_common_args, predict_loader
+from hthlight.data.resumable import ResumableSampler
 from hthlight.errors import ConfigError
 
 DIGITS_SIZE = 8
 DIGITS_CLASSES = 10
 DIGITS_MAX_PIXEL = 16.0
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+#: caption of each class for text-conditioned training (``captions=True``)
+DIGIT_CAPTIONS = tuple(f"a handwritten {word}" for word in DIGIT_WORDS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,16 +66,20 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
 
 
 class ImageLabelDataset(Dataset):
-    """In-memory ``{"image", "label"}`` items from aligned tensors."""
+    """In-memory ``{"image", "label"}`` items from aligned tensors (plus ``caption``: the
+    label's entry of ``captions``, when given)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, captions: tuple[str, ...] | None = None) -> None:
+        self.images, self.labels, self.captions = images, labels, captions
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.images[i], "label": self.labels[i]}
+        item = {"image": self.images[i], "label": self.labels[i]}
+        if self.captions is not None:
+            item["caption"] = self.captions[int(self.labels[i])]
+        return item
 
 
 class DigitsDataModule(L.LightningDataModule):
@@ -86,6 +95,9 @@ class DigitsDataModule(L.LightningDataModule):
         predict_seed: Base noise seed; sample ``index`` uses ``predict_seed + index``.
         predict_classes: Classes to generate (0..9); null generates all ten.
         predict_batch_size: Sampling requests per predict batch.
+        captions: add a ``caption`` ("a handwritten seven") to every item, for text-conditioned
+            training; ``predict`` then requests each class by its caption (prompt requests
+            labelled with the class, so ``hthlight eval digits`` scores them).
     """
 
     def __init__(
@@ -99,6 +111,7 @@ class DigitsDataModule(L.LightningDataModule):
         predict_seed: int = 0,
         predict_classes: list[int] | None = None,
         predict_batch_size: int = 100,
+        captions: bool = False,
     ) -> None:
         super().__init__()
         _check_image_size(image_size)
@@ -118,6 +131,11 @@ class DigitsDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.predict_batch_size = predict_batch_size
         self.requests = SamplingRequests(DIGITS_CLASSES, predict_samples_per_class, predict_seed, predict_classes)
+        self.captions = DIGIT_CAPTIONS if captions else None
+        if captions:
+            self.requests = PromptRequests.for_classes(
+                DIGIT_CAPTIONS, predict_samples_per_class, predict_seed, self.requests.classes
+            )
         self.train_set: ImageLabelDataset | None = None
         self.val_set: ImageLabelDataset | None = None
 
@@ -126,15 +144,16 @@ class DigitsDataModule(L.LightningDataModule):
             return
         images, labels = load_digits_images(self.image_size)
         train_idx, val_idx = stratified_split(labels, self.val_fraction, self.split_seed)
-        self.train_set = ImageLabelDataset(images[train_idx], labels[train_idx])
-        self.val_set = ImageLabelDataset(images[val_idx], labels[val_idx])
+        self.train_set = ImageLabelDataset(images[train_idx], labels[train_idx], self.captions)
+        self.val_set = ImageLabelDataset(images[val_idx], labels[val_idx], self.captions)
 
     def train_dataloader(self) -> DataLoader:
         train_set, _ = self._splits()
         return DataLoader(
             train_set,
             batch_size=self.batch_size,
-            shuffle=True,
+            # per-epoch shuffle, split over ranks by batches, that resumes mid-epoch
+            sampler=ResumableSampler(train_set, batch_size=self.batch_size, drop_last=len(train_set) > self.batch_size),
             drop_last=len(train_set) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

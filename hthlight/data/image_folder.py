@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 from hthlight.data.health import SkippedSample, collate_skipping
 from hthlight.data.requests import SamplingRequests, check_common_args, predict_loader
+from hthlight.data.resumable import ResumableSampler
 from hthlight.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -179,11 +180,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         return predict_loader(self.requests, self.predict_batch_size, self.num_workers)
 
     def _loader(self, dataset: ImageFileDataset, shuffle: bool) -> DataLoader:
+        drop_last = shuffle and len(dataset) > self.batch_size
+        # training: per-epoch shuffle split over ranks by batches that resumes mid-epoch (hthlight.data.resumable)
+        sampler = ResumableSampler(dataset, batch_size=self.batch_size, drop_last=drop_last) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
             collate_fn=collate_skipping,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -73,6 +73,11 @@ class DenoiserBlock(nn.Module):
         norm_eps: LayerNorm epsilon.
     """
 
+    #: each block is one FSDP flat parameter and one activation-checkpointing unit, whatever its
+    #: mixer (plugins included); read by :mod:`hthlight.strategies`
+    fsdp_unit = True
+    checkpoint_unit = True
+
     def __init__(
         self,
         dim: int,

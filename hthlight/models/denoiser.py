@@ -39,6 +39,9 @@ class DenoiserConfig:
         in_channels: channels of the (latent) input.
         out_channels: channels predicted (default: ``in_channels``).
         patch_size: side of the square patches that become tokens.
+        temporal_patch_size: frames per token for video (``pt x p x p`` tubelets); 1 keeps
+            one token per frame patch (images and image checkpoints are unaffected). A
+            one-frame input (an image) is repeated ``pt`` times and its first output frame kept.
         dim: model width.
         layout: the block stack (see :mod:`hthlight.models.layout`), e.g.
             ``[{repeat: 3, layout: [{mixer: hydra, repeat: 10, scans: [h, v]}, {mixer: attention}]}]``.
@@ -66,6 +69,7 @@ class DenoiserConfig:
     in_channels: int = 4
     out_channels: int | None = None
     patch_size: int = 2
+    temporal_patch_size: int = 1
     dim: int = 384
     layout: list[Any] = field(default_factory=_default_layout)
     mlp_ratio: float = 2.0
@@ -116,15 +120,19 @@ class FinalLayer(nn.Module):
 class Denoiser(nn.Module):
     """Diffusion denoiser of HTH / DiM / Dimba / DiT form, configured by :class:`DenoiserConfig`."""
 
+    #: its own FSDP unit, so an EMA copy is sharded exactly like the trained denoiser (hthlight.strategies)
+    fsdp_unit = True
+
     def __init__(self, config: DenoiserConfig | Mapping[str, Any]) -> None:
         super().__init__()
         if isinstance(config, Mapping):
             config = DenoiserConfig(**config)
         self.config = config
         c = config
-        if c.dim < 1 or c.patch_size < 1 or c.in_channels < 1:
+        if c.dim < 1 or c.patch_size < 1 or c.in_channels < 1 or c.temporal_patch_size < 1:
             raise ValueError(
-                f"dim, patch_size and in_channels must be positive, got {c.dim}, {c.patch_size}, {c.in_channels}"
+                f"dim, patch_size, temporal_patch_size and in_channels must be positive, got {c.dim}, "
+                f"{c.patch_size}, {c.temporal_patch_size}, {c.in_channels}"
             )
         _check_choice("timestep_conditioning", c.timestep_conditioning, TIMESTEP_CONDITIONING)
         _check_choice("position_embedding", c.position_embedding, POSITION_EMBEDDINGS)
@@ -135,7 +143,7 @@ class Denoiser(nn.Module):
             )
         self.out_channels = c.out_channels or c.in_channels
         modulation = _BLOCK_MODULATION[c.timestep_conditioning]
-        self.patch_embed = PatchEmbed(c.in_channels, c.dim, c.patch_size)
+        self.patch_embed = PatchEmbed(c.in_channels, c.dim, c.patch_size, c.temporal_patch_size)
         self.time_embed = TimestepEmbedder(c.dim)
         self.conditioner: Conditioner | None = (
             build_from_spec("conditioner", c.conditioner, dim=c.dim) if c.conditioner is not None else None
@@ -161,7 +169,8 @@ class Denoiser(nn.Module):
             )
             for spec in expand_blocks(c.layout)
         )
-        self.final = FinalLayer(c.dim, self.out_channels * c.patch_size**2, modulation, c.norm_eps)
+        patch_values = c.temporal_patch_size * c.patch_size**2
+        self.final = FinalLayer(c.dim, self.out_channels * patch_values, modulation, c.norm_eps)
         self.timestep_conditioning = c.timestep_conditioning
         nn.init.xavier_uniform_(self.patch_embed.proj.weight)
         nn.init.zeros_(self.patch_embed.proj.bias)
@@ -200,6 +209,10 @@ class Denoiser(nn.Module):
         if x_BCTHW.ndim != 5:
             raise ValueError(f"expected (B, C, H, W) or (B, C, T, H, W) input, got shape {tuple(x.shape)}")
         b = x_BCTHW.shape[0]
+        pt = self.config.temporal_patch_size
+        one_frame = x_BCTHW.shape[2] == 1 and pt > 1
+        if one_frame:  # an image in a tubelet model: repeat it to one tubelet, keep the first frame
+            x_BCTHW = x_BCTHW.expand(-1, -1, pt, -1, -1)
         tokens_BLD, grid = self.patch_embed(x_BCTHW)
         tokens_BLD = self.add_positions(tokens_BLD, grid)
         t_B = torch.as_tensor(t_B, device=x.device).expand(b)
@@ -222,7 +235,9 @@ class Denoiser(nn.Module):
                 context_mask_BS=cond.context_mask_BS,
                 **modulation_input,
             )
-        out = unpatchify(self.final(tokens_BLD, c_BD), grid, self.out_channels, self.config.patch_size)
+        out = unpatchify(self.final(tokens_BLD, c_BD), grid, self.out_channels, self.config.patch_size, pt)
+        if one_frame:
+            out = out[:, :, :1]
         return out[:, :, 0] if is_image else out
 
     def add_positions(self, tokens_BLD: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

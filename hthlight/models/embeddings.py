@@ -156,30 +156,37 @@ class TimestepEmbedder(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping ``p x p`` patches of every frame -> tokens (a strided conv as a Linear)."""
+    """Non-overlapping ``p x p`` patches of every frame -> tokens (a strided conv as a Linear).
 
-    def __init__(self, in_channels: int, dim: int, patch_size: int) -> None:
+    With ``temporal_patch_size`` ``pt > 1`` a token covers ``pt`` consecutive frames too
+    (``pt x p x p`` tubelets, ViViT); ``pt = 1`` keeps the image layout and parameter shapes.
+    """
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, temporal_patch_size: int = 1) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.patch_size = patch_size
-        self.proj = nn.Linear(in_channels * patch_size * patch_size, dim)
+        self.temporal_patch_size = temporal_patch_size
+        self.proj = nn.Linear(in_channels * temporal_patch_size * patch_size * patch_size, dim)
 
     def forward(self, x_BCTHW: torch.Tensor) -> tuple[torch.Tensor, Grid]:
-        b, c, t, height, width = x_BCTHW.shape
-        p = self.patch_size
+        b, c, frames, height, width = x_BCTHW.shape
+        p, pt = self.patch_size, self.temporal_patch_size
         if c != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {c}")
         if height % p or width % p:
             raise ValueError(f"input size {height}x{width} is not divisible by patch_size={p}")
-        h, w = height // p, width // p
-        patches = x_BCTHW.reshape(b, c, t, h, p, w, p).permute(0, 2, 3, 5, 1, 4, 6)
-        return self.proj(patches.reshape(b, t * h * w, c * p * p)), (t, h, w)
+        if frames % pt:
+            raise ValueError(f"{frames} frame(s) are not divisible by temporal_patch_size={pt}")
+        t, h, w = frames // pt, height // p, width // p
+        patches = x_BCTHW.reshape(b, c, t, pt, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        return self.proj(patches.reshape(b, t * h * w, c * pt * p * p)), (t, h, w)
 
 
-def unpatchify(x_BLK: torch.Tensor, grid: Grid, channels: int, patch_size: int) -> torch.Tensor:
-    """Inverse of :class:`PatchEmbed`'s layout: ``(B, t*h*w, C*p*p) -> (B, C, t, h*p, w*p)``."""
+def unpatchify(x_BLK: torch.Tensor, grid: Grid, channels: int, patch_size: int, temporal_patch_size: int = 1):
+    """Inverse of :class:`PatchEmbed`'s layout: ``(B, t*h*w, C*pt*p*p) -> (B, C, t*pt, h*p, w*p)``."""
     b = x_BLK.shape[0]
     t, h, w = grid
-    p = patch_size
-    x = x_BLK.reshape(b, t, h, w, channels, p, p).permute(0, 4, 1, 2, 5, 3, 6)
-    return x.reshape(b, channels, t, h * p, w * p)
+    p, pt = patch_size, temporal_patch_size
+    x = x_BLK.reshape(b, t, h, w, channels, pt, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    return x.reshape(b, channels, t * pt, h * p, w * p)
