@@ -3,6 +3,8 @@
 Every backend computes :func:`ssd_scan`'s contract,
 ``ssd_scan(x_BLHP, dt_BLH, A_H, B_BLGN, C_BLGN, chunk_size) -> y_BLHP``; the pure-PyTorch
 implementation in :mod:`hthlight.ssd.torch_scan` is the reference the others are tested against.
+Hydra's bidirectional mixing has its own contract and backends (``torch``, ``triton``,
+``mamba_ssm``) in :mod:`hthlight.ssd.bidirectional`.
 """
 
 from __future__ import annotations
