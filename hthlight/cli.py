@@ -28,6 +28,7 @@ extra commands:
   text-encoder {tiny-t5,tiny-clip} --out DIR [--seed N]   save a tiny random text encoder (docs/text_to_image.md)
   cache --config CONFIG --output DIR   encode a data set once into VAE latents + text features (docs/data.md)
   export CKPT OUT_DIR [--raw]   denoiser (EMA weights) as safetensors + resolved config (docs/scale_out.md)
+  bench {sample,train} [--preset P] [--grids 64x64 ...]   denoiser speed, HTH vs Transformer, MFU (docs/benchmarks.md)
 """
 
 
@@ -96,16 +97,17 @@ def run_eval(argv: Sequence[str]) -> int:
 EXTRA_COMMANDS = {
     "components": print_components,
     "eval": run_eval,
-    "data": lambda argv: _video_command("hthlight.data.moving_digits:data_command", argv),
-    "adapt-video": lambda argv: _video_command("hthlight.adapt:main", argv),
-    "text-encoder": lambda argv: _video_command("hthlight.conditioning.text_encoders:text_encoder_command", argv),
-    "cache": lambda argv: _video_command("hthlight.data.feature_cache:cache_command", argv),
-    "export": lambda argv: _video_command("hthlight.export:main", argv),
+    "data": lambda argv: _lazy_command("hthlight.data.moving_digits:data_command", argv),
+    "adapt-video": lambda argv: _lazy_command("hthlight.adapt:main", argv),
+    "text-encoder": lambda argv: _lazy_command("hthlight.conditioning.text_encoders:text_encoder_command", argv),
+    "cache": lambda argv: _lazy_command("hthlight.data.feature_cache:cache_command", argv),
+    "export": lambda argv: _lazy_command("hthlight.export:main", argv),
+    "bench": lambda argv: _lazy_command("hthlight.bench:main", argv),
 }
 
 
-def _video_command(target: str, argv: Sequence[str]) -> int:
-    """Import a command's module only when it runs (video commands need the `video` extra)."""
+def _lazy_command(target: str, argv: Sequence[str]) -> int:
+    """Import a command's module only when it runs (some need an extra: `video`, `hf`)."""
     import importlib
 
     module, _, name = target.partition(":")

@@ -1,0 +1,108 @@
+"""``hthlight bench``: the sampling and training benchmarks run, report rows, and count FLOPs by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hthlight.bench import model_flops_per_sample, transformer_twin
+from hthlight.cli import main
+from hthlight.models import presets
+from hthlight.models.denoiser import Denoiser, DenoiserConfig
+from hthlight.models.layout import expand_layout
+
+TINY = ["dim=32", "heads=2", "groups=1", "hydra_per_group=2", "d_state=8", "headdim=16", "text_width=16"]
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_bench_sample_table_and_json(tmp_path, capsys):
+    out = tmp_path / "sample.json"
+    argv = ["bench", "sample", "--preset", "hth-s", "--override", *TINY, "--grids", "4x4", "2x4x4"]
+    assert main([*argv, "--steps", "2", "--context-tokens", "3", "--out", str(out)]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("hth-s", "4x4", "16"),
+        ("hth-s", "2x4x4", "32"),
+        ("transformer", "4x4", "16"),
+        ("transformer", "2x4x4", "32"),
+    ]
+    assert all(float(r[4]) > 0 for r in rows)
+    assert rows[0][6] != "-" and rows[2][6] == "-"  # speed-up on the HTH rows only
+    report = json.loads(out.read_text())
+    assert report["device_type"] == "cpu" and report["torch"] and "bench sample" in report["command"]
+    assert len(report["rows"]) == 4 and all(r["seconds"] > 0 for r in report["rows"])
+    hth, twin = report["rows"][0], report["rows"][2]
+    assert hth["speedup"] == pytest.approx(twin["seconds"] / hth["seconds"])
+
+
+def test_bench_train_throughput_and_mfu(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    argv = ["bench", "train", "--presets", "hth-s", "--override", *TINY, "--grids", "4x4", "8x8", "--steps", "1"]
+    assert main([*argv, "--batch-size", "2", "--context-tokens", "3", "--peak-tflops", "1", "--out", str(out)]) == 0
+    assert len(_table_rows(capsys.readouterr().out)) == 2
+    rows = json.loads(out.read_text())["rows"]
+    config = presets.config("hth-s", **{k: int(v) for k, v in (item.split("=") for item in TINY)})
+    for row, grid in zip(rows, [(1, 4, 4), (1, 8, 8)]):
+        assert row["samples_per_s"] == pytest.approx(2 / row["step_s"])
+        assert row["tokens_per_s"] == pytest.approx(row["samples_per_s"] * row["tokens"])
+        flops = 3 * model_flops_per_sample(config, grid, context_tokens=3)
+        assert row["mfu"] == pytest.approx(flops * row["samples_per_s"] / 1e12)
+
+
+def _tiny(conditioner=None) -> DenoiserConfig:
+    hydra = {"name": "hydra", "d_state": 4, "headdim": 4, "expand": 2, "ngroups": 1, "chunk_size": 4}
+    layout = [{"mixer": hydra}, {"mixer": {"name": "attention", "num_heads": 2}}]
+    return DenoiserConfig(dim=8, patch_size=2, in_channels=1, mlp_ratio=2.0, layout=layout, conditioner=conditioner)
+
+
+def test_flops_match_hand_count():
+    # L = 8 tokens, D = 8; Hydra E = 16, H = 4, P = 4, G = 1, N = 4, Q = 4; MLP hidden 16; 4 values per patch
+    patches = 2 * 8 * 4 * 8 + 2 * 8 * 8 * 4
+    projections = 2 * 8 * 8 * (32 + 16 + 8) + 2 * 8 * 16 * 4 + 2 * 8 * 16 * 8  # in_proj, fc_D, out_proj
+    hydra = projections + 2 * (2 * 8 * 4 * 4 + 2 * 8 * 4 * 16 + 4 * 8 * 4 * 16)  # two SSD scans
+    attention = 2 * 8 * 8 * 24 + 2 * 8 * 8 * 8 + 4 * 8 * 8 * 8
+    mlp = 2 * (2 * 2 * 8 * 8 * 16)
+    assert model_flops_per_sample(_tiny(), (1, 2, 4)) == patches + hydra + attention + mlp == 32256
+    # cross-attention to S = 3 context tokens of width 6, in both blocks
+    text = {"name": "text_embedding", "context_dim": 6}
+    cross = 2 * (2 * 2 * 8 * 8 * 8 + 2 * 3 * 6 * 16 + 4 * 8 * 3 * 8)
+    assert model_flops_per_sample(_tiny(text), (1, 2, 4), context_tokens=3) == 32256 + cross
+
+
+def test_transformer_twin_replaces_every_mixer_keeps_the_rest():
+    config = presets.config("hth-s")
+    twin = transformer_twin(config)
+    mixers = expand_layout(twin.layout)
+    assert len(mixers) == len(expand_layout(config.layout)) == 33
+    assert all(m["name"] == "attention" and m["num_heads"] == 6 and "scan" not in m for m in mixers)
+    assert (twin.dim, twin.patch_size, twin.mlp_ratio, twin.conditioner) == (
+        config.dim,
+        config.patch_size,
+        config.mlp_ratio,
+        config.conditioner,
+    )
+    Denoiser(transformer_twin(_tiny()))  # builds
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--presets", "hth-s", "nope", "--grids", "4x4"], "unknown preset 'nope'"),
+        (["sample", "--preset", "hth-s", "--grid-unit", "latent", "--grids", "9x9"], "not divisible by the patch"),
+        (["sample", "--grids", "4xx"], "must be HxW or TxHxW"),
+        (["sample", "--steps", "0"], "--steps must be positive"),
+        (["sideways"], "invalid choice"),
+        (["train", "--presets", "dim-s/2", "--grids", "4x4"], "no FLOP formula for mixer"),
+        (["train", "--presets", "dit-s/2", "--override", "dim=64"], "not divisible by num_heads=6"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv, message, capsys):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
