@@ -62,6 +62,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: for tiny tensors thread hand-offs cost more than the work on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests (``@pytest.mark.gpu``) skip cleanly on machines without CUDA."""
     if torch.cuda.is_available():

@@ -18,12 +18,7 @@ MU = torch.tensor([1.5, -1.0])
 S = torch.tensor([0.5, 2.0])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def noise(n: int = 20_000, seed: int = 0) -> torch.Tensor:

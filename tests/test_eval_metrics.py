@@ -14,13 +14,7 @@ from hthlight.cli import main
 from hthlight.errors import ConfigError, DataError
 from hthlight.eval import clip_score, fid, fvd
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyImageFeatures(torch.nn.Module):

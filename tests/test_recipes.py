@@ -16,12 +16,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 PAPER_RECIPES = ["hth_stage1_256", "hth_stage2_1k", "dim_imagenet256", "dimba"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

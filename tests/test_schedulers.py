@@ -15,13 +15,7 @@ from hthlight.diffusion import DDPM, RectifiedFlow, check_sampler, run_sampler
 from hthlight.errors import ConfigError
 from hthlight.module import DiffusionModule
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ddpm_linear_betas_match_dim_setting():

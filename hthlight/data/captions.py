@@ -37,7 +37,7 @@ from hthlight.data.buckets import bucket_loader, bucket_table, nearest_bucket, r
 from hthlight.data.health import SkippedSample, collate_skipping
 from hthlight.data.image_folder import PIL_MODES, READ_ERRORS, random_split_indices, scan_class_folders
 from hthlight.data.prompts import PromptRequests, read_prompts_file
-from hthlight.data.requests import SamplingRequests, predict_loader
+from hthlight.data.requests import SamplingRequests, check_common_args, predict_loader
 from hthlight.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -300,13 +300,13 @@ class CaptionDataModule(L.LightningDataModule):
             raise ConfigError(f"image_size must be >= 1, got {image_size}")
         if channels not in PIL_MODES:
             raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-        if batch_size < 1 or predict_batch_size < 1 or num_workers < 0:
-            raise ConfigError(
-                f"batch_size and predict_batch_size must be >= 1 and num_workers >= 0, got "
-                f"{batch_size}, {predict_batch_size}, {num_workers}"
-            )
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_common_args(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            predict_batch_size=predict_batch_size,
+            val_fraction=val_fraction,
+            allow_no_validation=True,
+        )
         self.save_hyperparameters()
         self.root = root
         self.image_size = image_size

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from hthlight.data.buckets import bucket_loader
 from hthlight.data.health import SkippedSample
-from hthlight.data.requests import SamplingRequests, predict_loader
+from hthlight.data.requests import SamplingRequests, check_common_args, predict_loader
 from hthlight.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,7 @@ class FeatureCacheWriter:
     ) -> None:
         if not 0 <= rank < world_size:
             raise ConfigError(f"cache rank must be in 0..world_size-1, got rank {rank} of {world_size}")
-        if batch_size < 1 or num_workers < 0:
-            raise ConfigError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        check_common_args(batch_size=batch_size, num_workers=num_workers)
         if dtype not in STORE_DTYPES:
             raise ConfigError(f"cache dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
         if len(bucket_ids) != len(dataset):  # type: ignore[arg-type]
@@ -434,8 +433,7 @@ class CachedFeaturesDataModule(L.LightningDataModule):
         predict_batch_size: int = 64,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0:
-            raise ConfigError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        check_common_args(batch_size=batch_size, num_workers=num_workers, predict_batch_size=predict_batch_size)
         self.save_hyperparameters()
         self.root = Path(root)
         self.batch_size = batch_size

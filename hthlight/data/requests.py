@@ -72,12 +72,25 @@ def predict_loader(requests: SamplingRequests, batch_size: int, num_workers: int
     return DataLoader(requests, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def check_common_args(*, batch_size: int, val_fraction: float, num_workers: int, predict_batch_size: int) -> None:
-    """Validate the loader arguments every image data module shares; raise ConfigError."""
+def check_common_args(
+    *,
+    batch_size: int,
+    num_workers: int,
+    predict_batch_size: int = 1,
+    val_fraction: float | None = None,
+    allow_no_validation: bool = False,
+) -> None:
+    """Validate the loader arguments the data modules share; raise ConfigError.
+
+    ``val_fraction`` (when given) must be in ``(0, 1)``, or ``[0, 1)`` with ``allow_no_validation``.
+    """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    if val_fraction is not None:
+        low_ok = val_fraction >= 0.0 if allow_no_validation else val_fraction > 0.0
+        if not (low_ok and val_fraction < 1.0):
+            allowed = "in [0, 1)" if allow_no_validation else "strictly between 0 and 1"
+            raise ConfigError(f"val_fraction must be {allowed}, got {val_fraction}")
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
     if predict_batch_size < 1:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hthlight.data.grouped_sampler import GroupedBatchSampler, SampleKey, as_index, sample_generator
 from hthlight.data.health import SkippedSample, collate_skipping
-from hthlight.data.requests import SamplingRequests, predict_loader
+from hthlight.data.requests import SamplingRequests, check_common_args, predict_loader
 from hthlight.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -341,10 +341,13 @@ class VideoDataModule(L.LightningDataModule):
             raise ConfigError(f"short_clips must be one of {', '.join(SHORT_CLIP_POLICIES)}; got {short_clips!r}")
         if temporal_crop not in TEMPORAL_CROPS:
             raise ConfigError(f"temporal_crop must be one of {', '.join(TEMPORAL_CROPS)}; got {temporal_crop!r}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if batch_size < 1 or num_workers < 0 or predict_batch_size < 1:
-            raise ConfigError("batch_size and predict_batch_size must be >= 1 and num_workers >= 0")
+        check_common_args(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            predict_batch_size=predict_batch_size,
+            val_fraction=val_fraction,
+            allow_no_validation=True,
+        )
         self.save_hyperparameters()
         pair = _pair(size)
         self.size = pair

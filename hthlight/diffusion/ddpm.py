@@ -14,8 +14,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from hthlight.diffusion.objective import regression_loss
 from hthlight.errors import ConfigError
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -130,12 +130,7 @@ class DDPM:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """``|| f(x_k, k/T) - target ||^2`` at uniform (or given) steps (DDPM's L_simple)."""
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if t_B is None:
-            t_B = self.sample_time(x0.shape[0], x0.device, generator)
-        prediction = model_fn(self.add_noise(x0, noise, t_B), t_B)
-        return F.mse_loss(prediction.float(), self.target(x0, noise, t_B).float())
+        return regression_loss(self, model_fn, x0, noise, t_B, generator)
 
     def predict_x0_eps(
         self, output: torch.Tensor, x: torch.Tensor, abar: torch.Tensor

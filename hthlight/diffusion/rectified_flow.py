@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+
+from hthlight.diffusion.objective import regression_loss
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -112,12 +113,7 @@ class RectifiedFlow:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Mean squared error between predicted and true velocity at random (or given) times."""
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        if t_B is None:
-            t_B = self.sample_time(x0.shape[0], x0.device, generator, shape=x0.shape[1:])
-        prediction = velocity_fn(self.add_noise(x0, noise, t_B), t_B)
-        return F.mse_loss(prediction.float(), self.target(x0, noise, t_B).float())
+        return regression_loss(self, velocity_fn, x0, noise, t_B, generator)
 
     def sampling_times(self, steps: int, device=None, shape: Sequence[int] | None = None) -> torch.Tensor:
         """``steps + 1`` decreasing times from 1 to 0 (shifted like the training times)."""

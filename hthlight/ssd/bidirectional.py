@@ -22,6 +22,7 @@ Backends:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 
@@ -102,6 +103,7 @@ HYDRA_BACKENDS: dict[str, MixFn] = {
 }
 
 
+@functools.cache  # asked on every forward: look the packages up once
 def _available(name: str) -> bool:
     if name == "torch":
         return True
