@@ -5,8 +5,12 @@
   of the input projection: no transposes, no copies.
 * :func:`gated_rmsnorm_fwd`: ``rmsnorm(y) * weight * silu(z)`` (Mamba-2's gated norm with
   ``norm_before_gate=True``, as Hydra uses it) in one pass over each token.
-
-Forward only; the mixer uses them when no gradient is needed and PyTorch otherwise.
+* :func:`conv1d_silu_bwd` (two kernels: ``dpre``, then ``dx`` and the weight gradient) and
+  :func:`gated_rmsnorm_bwd` (one): their backward passes. They recompute the activations from
+  the inputs (nothing but the inputs is saved) and reduce the parameter gradients
+  deterministically: float32 partial sums per program, summed by PyTorch afterwards (no atomics).
+* :class:`Conv1dSiLU` / :func:`conv1d_silu` and :class:`GatedRMSNormFn` /
+  :func:`gated_rmsnorm`: autograd Functions over the pairs, for training.
 """
 
 from __future__ import annotations
@@ -18,24 +22,33 @@ import triton.language as tl
 
 @triton.jit
 def _conv_silu_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
-    L, C,
-    s_xb, s_xl,
-    K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    L,
+    C,
+    s_xb,
+    s_xl,
+    K: tl.constexpr,
+    BL: tl.constexpr,
+    BC: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     lb = tl.program_id(1)
     cb = tl.program_id(2)
     rows = lb * BL + tl.arange(0, BL)
     cols = cb * BC + tl.arange(0, BC)
     cmask = cols < C
     acc = tl.zeros((BL, BC), dtype=tl.float32)
-    for k in tl.static_range(K):
+    # A loop over the taps, not unrolled: unrolled, all K tiles are loaded at once and spill.
+    for k in range(K):
         src = rows + (k - K // 2)
         m = ((src >= 0) & (src < L))[:, None] & cmask[None, :]
-        xk = tl.load(x_ptr + b * s_xb + src[:, None] * s_xl + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        wk = tl.load(w_ptr + cols * K + k, mask=cmask, other=0.0).to(tl.float32)
-        acc += xk * wk[None, :]
+        xk = tl.load(x_ptr + b * s_xb + src[:, None].to(tl.int64) * s_xl + cols[None, :], mask=m, other=0.0)
+        wk = tl.load(w_ptr + k * C + cols, mask=cmask, other=0.0).to(tl.float32)  # weight as (K, C)
+        acc += xk.to(tl.float32) * wk[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     acc = acc / (1.0 + tl.exp(-acc))
@@ -51,19 +64,35 @@ def conv1d_silu_fwd(x_BLC: torch.Tensor, weight_C1K: torch.Tensor, bias_C: torch
         raise ValueError("x must be contiguous in its channels and the kernel width odd")
     y = torch.empty(batch, seqlen, channels, device=x_BLC.device, dtype=x_BLC.dtype)
     bl, bc = 64, 128
-    weight = weight_C1K.reshape(channels, k).contiguous()
+    weight = weight_C1K.reshape(channels, k).t().contiguous()  # (K, C): one contiguous row per tap
     _conv_silu_kernel[(batch, triton.cdiv(seqlen, bl), triton.cdiv(channels, bc))](
-        x_BLC, weight, bias_C if bias_C is not None else weight, y, seqlen, channels,
-        x_BLC.stride(0), x_BLC.stride(1), K=k, BL=bl, BC=bc, HAS_BIAS=bias_C is not None, num_warps=4,
+        x_BLC,
+        weight,
+        bias_C if bias_C is not None else weight,
+        y,
+        seqlen,
+        channels,
+        x_BLC.stride(0),
+        x_BLC.stride(1),
+        K=k,
+        BL=bl,
+        BC=bc,
+        HAS_BIAS=bias_C is not None,
+        num_warps=8,  # ptxas (sm_90, bf16, K = 7): 163 registers, no spills; 4 warps spill
     )
     return y
 
 
 @triton.jit
 def _gated_rmsnorm_kernel(
-    y_ptr, z_ptr, w_ptr, out_ptr,
-    D, eps,
-    s_y, s_z,
+    y_ptr,
+    z_ptr,
+    w_ptr,
+    out_ptr,
+    D,
+    eps,
+    s_y,
+    s_z,
     BD: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -87,6 +116,289 @@ def gated_rmsnorm_fwd(y_BLD: torch.Tensor, z_BLD: torch.Tensor, weight_D: torch.
     out = torch.empty(batch, seqlen, dim, device=y_BLD.device, dtype=y_BLD.dtype)
     bd = triton.next_power_of_2(dim)
     _gated_rmsnorm_kernel[(batch * seqlen,)](
-        y2, z2, weight_D, out, dim, eps, y2.stride(-2), z2.stride(-2), BD=bd, num_warps=min(16, max(4, bd // 512)),
+        y2,
+        z2,
+        weight_D,
+        out,
+        dim,
+        eps,
+        y2.stride(-2),
+        z2.stride(-2),
+        BD=bd,
+        num_warps=min(16, max(4, bd // 512)),
     )
     return out
+
+
+@triton.jit
+def _conv_silu_dpre_kernel(
+    dy_ptr, x_ptr, w_ptr, b_ptr, dpre_ptr, part_ptr,
+    L, C,
+    s_dyb, s_dyl, s_xb, s_xl,
+    K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """dpre = dy * silu'(pre) (float32, contiguous) with pre recomputed from x; dbias partial sums."""
+    H: tl.constexpr = K // 2
+    b = tl.program_id(0).to(tl.int64)
+    lb = tl.program_id(1)
+    cb = tl.program_id(2)
+    rows = lb * BL + tl.arange(0, BL)
+    cols = cb * BC + tl.arange(0, BC)
+    cmask = cols < C
+    pre = tl.zeros((BL, BC), dtype=tl.float32)
+    if HAS_BIAS:
+        pre += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    for k in range(K):  # pre[l] = sum_k w[k] x[l + k - H]
+        src = rows + (k - H)
+        m = ((src >= 0) & (src < L))[:, None] & cmask[None, :]
+        xk = tl.load(x_ptr + b * s_xb + src[:, None].to(tl.int64) * s_xl + cols[None, :], mask=m, other=0.0)
+        pre += xk.to(tl.float32) * tl.load(w_ptr + k * C + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    mask = (rows < L)[:, None] & cmask[None, :]
+    dy = tl.load(dy_ptr + b * s_dyb + rows[:, None].to(tl.int64) * s_dyl + cols[None, :], mask=mask, other=0.0)
+    sig = 1.0 / (1.0 + tl.exp(-pre))
+    dpre = dy.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))  # zero past L and C
+    tl.store(dpre_ptr + (b * L + rows[:, None].to(tl.int64)) * C + cols[None, :], dpre, mask=mask)
+    part = part_ptr + ((b * tl.num_programs(1) + lb) * (K + 1) + K) * C + cols
+    tl.store(part, tl.sum(dpre, axis=0), mask=cmask)
+
+
+@triton.jit
+def _conv_dx_dw_kernel(
+    dpre_ptr, x_ptr, w_ptr, dx_ptr, part_ptr,
+    L, C,
+    s_xb, s_xl,
+    K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
+):
+    """dx[l] = sum_k w[k] dpre[l + H - k]; dweight partial sums dw[k] = sum_l x[l + k - H] dpre[l]."""
+    H: tl.constexpr = K // 2
+    b = tl.program_id(0).to(tl.int64)
+    lb = tl.program_id(1)
+    cb = tl.program_id(2)
+    rows = lb * BL + tl.arange(0, BL)
+    cols = cb * BC + tl.arange(0, BC)
+    cmask = cols < C
+    dpre_base = dpre_ptr + b * L * C + cols[None, :]
+    own = tl.load(dpre_base + rows[:, None].to(tl.int64) * C, mask=(rows < L)[:, None] & cmask[None, :], other=0.0)
+    dx = tl.zeros((BL, BC), dtype=tl.float32)
+    part = part_ptr + (b * tl.num_programs(1) + lb) * (K + 1) * C + cols
+    for k in range(K):
+        src = rows + (H - k)
+        m = ((src >= 0) & (src < L))[:, None] & cmask[None, :]
+        dx += tl.load(dpre_base + src[:, None].to(tl.int64) * C, mask=m, other=0.0) * tl.load(
+            w_ptr + k * C + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        src = rows + (k - H)
+        m = ((src >= 0) & (src < L))[:, None] & cmask[None, :]
+        xk = tl.load(x_ptr + b * s_xb + src[:, None].to(tl.int64) * s_xl + cols[None, :], mask=m, other=0.0)
+        tl.store(part + k * C, tl.sum(xk.to(tl.float32) * own, axis=0), mask=cmask)
+    out = dx_ptr + (b * L + rows[:, None].to(tl.int64)) * C + cols[None, :]
+    tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=(rows < L)[:, None] & cmask[None, :])
+
+
+def conv1d_silu_bwd(
+    dy_BLC: torch.Tensor,
+    x_BLC: torch.Tensor,
+    weight_C1K: torch.Tensor,
+    bias_C: torch.Tensor | None,
+    *,
+    block_l: int = 64,
+    block_c: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`conv1d_silu_fwd`: ``(dx_BLC, dweight_C1K, dbias_C or None)``.
+
+    Two passes: ``dpre = dy * silu'(pre)`` (pre recomputed from ``x``, stored in float32), then
+    ``dx`` as the transposed convolution of ``dpre`` and the weight gradient. The halo rows are
+    re-read from cache, not recomputed. ``dx`` is contiguous in the dtype of ``x``; the
+    parameter gradients are reduced from float32 partial sums (one per ``block_l`` rows) in
+    the parameters' dtypes.
+    """
+    batch, seqlen, channels = x_BLC.shape
+    k = weight_C1K.shape[-1]
+    if k % 2 == 0:
+        raise ValueError(f"the conv kernel width must be odd (centered, padding k // 2), got {k}")
+    if tuple(weight_C1K.shape) != (channels, 1, k):
+        raise ValueError(f"weight must have shape ({channels}, 1, k), got {tuple(weight_C1K.shape)}")
+    if tuple(dy_BLC.shape) != tuple(x_BLC.shape):
+        raise ValueError(f"dy has shape {tuple(dy_BLC.shape)}, x has {tuple(x_BLC.shape)}")
+    if x_BLC.stride(-1) != 1 or dy_BLC.stride(-1) != 1:
+        raise ValueError("x and dy must be contiguous in their channels (stride(-1) == 1)")
+    device = x_BLC.device
+    grid = (batch, triton.cdiv(seqlen, block_l), triton.cdiv(channels, block_c))
+    dpre = torch.empty(batch, seqlen, channels, device=device, dtype=torch.float32)
+    parts = torch.empty(batch, grid[1], k + 1, channels, device=device, dtype=torch.float32)
+    weight_KC = weight_C1K.reshape(channels, k).t().contiguous()  # one contiguous row per tap
+    warps = 4 if block_l * block_c <= 8192 else 8
+    _conv_silu_dpre_kernel[grid](
+        dy_BLC, x_BLC, weight_KC, bias_C if bias_C is not None else weight_KC, dpre, parts, seqlen, channels,
+        dy_BLC.stride(0), dy_BLC.stride(1), x_BLC.stride(0), x_BLC.stride(1),
+        K=k, BL=block_l, BC=block_c, HAS_BIAS=bias_C is not None, num_warps=warps,
+    )
+    dx = torch.empty(batch, seqlen, channels, device=device, dtype=x_BLC.dtype)
+    _conv_dx_dw_kernel[grid](
+        dpre, x_BLC, weight_KC, dx, parts, seqlen, channels, x_BLC.stride(0), x_BLC.stride(1),
+        K=k, BL=block_l, BC=block_c, num_warps=warps,
+    )
+    sums = parts.sum((0, 1))
+    dweight = sums[:k].t().reshape(channels, 1, k).to(weight_C1K.dtype)
+    dbias = sums[k].to(bias_C.dtype) if bias_C is not None else None
+    return dx, dweight, dbias
+
+
+@triton.jit
+def _gated_rmsnorm_bwd_kernel(
+    do_ptr,
+    y_ptr,
+    z_ptr,
+    w_ptr,
+    dy_ptr,
+    dz_ptr,
+    part_ptr,
+    R,
+    L,
+    D,
+    eps,
+    s_ob,
+    s_ol,
+    s_yb,
+    s_yl,
+    s_zb,
+    s_zl,
+    ROWS: tl.constexpr,
+    BD: tl.constexpr,
+):
+    # out = yhat * w * g with yhat = y * rstd, g = silu(z); per row:
+    #   dyhat = dout * w * g,  dy = rstd * (dyhat - yhat * mean(dyhat * yhat)),
+    #   dz = dout * yhat * w * silu'(z),  dw = sum over rows of dout * yhat * g (partial per program).
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BD)
+    mask = cols < D
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BD,), dtype=tl.float32)
+    for r in range(ROWS):
+        row = pid * ROWS + r
+        m = mask & (row < R)
+        bi = (row // L).to(tl.int64)
+        li = (row % L).to(tl.int64)
+        do = tl.load(do_ptr + bi * s_ob + li * s_ol + cols, mask=m, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + bi * s_yb + li * s_yl + cols, mask=m, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + bi * s_zb + li * s_zl + cols, mask=m, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(y * y, axis=0) / D + eps)
+        yhat = y * rstd
+        sig = 1.0 / (1.0 + tl.exp(-z))
+        g = z * sig
+        dw += do * yhat * g
+        dyhat = do * w * g
+        dy = rstd * (dyhat - yhat * (tl.sum(dyhat * yhat, axis=0) / D))
+        dz = do * yhat * w * sig * (1.0 + z * (1.0 - sig))
+        out = row.to(tl.int64) * D + cols
+        tl.store(dy_ptr + out, dy.to(dy_ptr.dtype.element_ty), mask=m)
+        tl.store(dz_ptr + out, dz.to(dz_ptr.dtype.element_ty), mask=m)
+    tl.store(part_ptr + pid.to(tl.int64) * D + cols, dw, mask=mask)
+
+
+def gated_rmsnorm_bwd(
+    dout_BLD: torch.Tensor,
+    y_BLD: torch.Tensor,
+    z_BLD: torch.Tensor,
+    weight_D: torch.Tensor,
+    eps: float,
+    *,
+    rows_per_program: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`gated_rmsnorm_fwd`: ``(dy_BLD, dz_BLD, dweight_D)``, one kernel.
+
+    One program per ``rows_per_program`` tokens, one row at a time (rstd recomputed); ``dy`` and
+    ``dz`` are contiguous in the dtypes of ``y`` and ``z``, ``dweight`` is reduced from float32
+    partial rows in the weight's dtype. Inputs may be any (B, L, D) views with stride(-1) == 1.
+    """
+    batch, seqlen, dim = y_BLD.shape
+    for name, t in (("dout", dout_BLD), ("z", z_BLD)):
+        if tuple(t.shape) != tuple(y_BLD.shape):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, y has {tuple(y_BLD.shape)}")
+    for name, t in (("dout", dout_BLD), ("y", y_BLD), ("z", z_BLD)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dimension (stride(-1) == 1)")
+    if tuple(weight_D.shape) != (dim,):
+        raise ValueError(f"weight must have shape ({dim},), got {tuple(weight_D.shape)}")
+    rows = batch * seqlen
+    n_prog = triton.cdiv(rows, rows_per_program)
+    dy = torch.empty(batch, seqlen, dim, device=y_BLD.device, dtype=y_BLD.dtype)
+    dz = torch.empty(batch, seqlen, dim, device=z_BLD.device, dtype=z_BLD.dtype)
+    parts = torch.empty(n_prog, dim, device=y_BLD.device, dtype=torch.float32)
+    bd = triton.next_power_of_2(dim)
+    _gated_rmsnorm_bwd_kernel[(n_prog,)](
+        dout_BLD,
+        y_BLD,
+        z_BLD,
+        weight_D,
+        dy,
+        dz,
+        parts,
+        rows,
+        seqlen,
+        dim,
+        eps,
+        dout_BLD.stride(0),
+        dout_BLD.stride(1),
+        y_BLD.stride(0),
+        y_BLD.stride(1),
+        z_BLD.stride(0),
+        z_BLD.stride(1),
+        ROWS=rows_per_program,
+        BD=bd,
+        num_warps=min(32, max(4, bd // 256)),  # 8 values per thread (ptxas: 64 registers at D = 6144)
+    )
+    return dy, dz, parts.sum(0).to(weight_D.dtype)
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class Conv1dSiLU(torch.autograd.Function):
+    """``silu(conv1d(x) + b)`` (centered depthwise conv along L) with the Triton kernels both ways.
+
+    Saves only ``x``, ``weight`` and ``bias``; ``x`` may be a channel-contiguous slice of a
+    larger tensor (its gradient flows back through the slice).
+    """
+
+    @staticmethod
+    def forward(ctx, x_BLC: torch.Tensor, weight_C1K: torch.Tensor, bias_C: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x_BLC, weight_C1K, bias_C)
+        return conv1d_silu_fwd(x_BLC, weight_C1K, bias_C)
+
+    @staticmethod
+    def backward(ctx, dy_BLC: torch.Tensor):
+        x_BLC, weight_C1K, bias_C = ctx.saved_tensors
+        dx, dweight, dbias = conv1d_silu_bwd(_last_dim_contiguous(dy_BLC), x_BLC, weight_C1K, bias_C)
+        need = ctx.needs_input_grad
+        return dx if need[0] else None, dweight if need[1] else None, dbias if need[2] else None
+
+
+class GatedRMSNormFn(torch.autograd.Function):
+    """``rmsnorm(y) * weight * silu(z)`` (``GatedRMSNorm(norm_before_gate=True)``) with the Triton kernels.
+
+    Saves only ``y``, ``z`` and ``weight``; ``y`` and ``z`` may be row-strided views.
+    """
+
+    @staticmethod
+    def forward(ctx, y_BLD: torch.Tensor, z_BLD: torch.Tensor, weight_D: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(y_BLD, z_BLD, weight_D)
+        ctx.eps = eps
+        return gated_rmsnorm_fwd(y_BLD, z_BLD, weight_D, eps)
+
+    @staticmethod
+    def backward(ctx, dout_BLD: torch.Tensor):
+        y_BLD, z_BLD, weight_D = ctx.saved_tensors
+        dy, dz, dweight = gated_rmsnorm_bwd(_last_dim_contiguous(dout_BLD), y_BLD, z_BLD, weight_D, ctx.eps)
+        need = ctx.needs_input_grad
+        return dy if need[0] else None, dz if need[1] else None, dweight if need[2] else None, None
+
+
+def conv1d_silu(x_BLC: torch.Tensor, weight_C1K: torch.Tensor, bias_C: torch.Tensor | None) -> torch.Tensor:
+    """Differentiable :func:`conv1d_silu_fwd` (see :class:`Conv1dSiLU`)."""
+    return Conv1dSiLU.apply(x_BLC, weight_C1K, bias_C)
+
+
+def gated_rmsnorm(y_BLD: torch.Tensor, z_BLD: torch.Tensor, weight_D: torch.Tensor, eps: float) -> torch.Tensor:
+    """Differentiable :func:`gated_rmsnorm_fwd` (see :class:`GatedRMSNormFn`)."""
+    return GatedRMSNormFn.apply(y_BLD, z_BLD, weight_D, eps)

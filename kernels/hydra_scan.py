@@ -274,7 +274,7 @@ def _output_kernel(
 
 
 #: Launch configuration (block sizes and warps), tuned on an H100 with benchmarks/hydra_profile.py.
-CONFIG = {"out_bm": 64, "out_warps": 4, "state_bn": 64, "state_warps": 4}
+CONFIG = {"out_bm": 64, "out_warps": 4, "state_bn": 64, "state_warps": 4, "dbc_bn": 64, "dbc_warps": 4}
 
 
 def _check_last_dim_contiguous(**tensors: torch.Tensor) -> None:

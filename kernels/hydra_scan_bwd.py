@@ -9,15 +9,20 @@ part mirrored, the gradients are (Mamba-2's SSD backward, Dao & Gu 2024, applied
   with reverse "adjoint" states) and ``u_b`` mirrored;
   ``dx_s = d_s dy_s + dt_f[s] u_f[s] + dt_b[s] u_b[s]``, ``dd_s = dy_s . x_s``;
 * ``dC~_f[t] = sum_h sum_{s<t} exp(..) dt_f[s] (dy_t . x_s) B_f[s]`` and
-  ``dB_f[s] = sum_h dt_f[s] sum_{t>s} exp(..) (dy_t . x_s) C~_f[t]`` (summed over the heads of a
-  group inside one program: no atomics, no per-head copies);
+  ``dB_f[s] = sum_h dt_f[s] sum_{t>s} exp(..) (dy_t . x_s) C~_f[t]``: inside a chunk both are
+  ``W B`` and ``W^T C~`` for one head-summed ``W[t, s] = sum_h exp(..) dt_f[s] (dy_t . x_s)``
+  (B and C are shared by a group's heads), so the ``Q x Q x N`` products run once per group;
+  across chunks they go through the carried and adjoint states, head by head in one program
+  (no atomics, no per-head copies);
 * the log-decays: ``dE_f[t] = dy_t . y^f_t`` and ``dS_f[s] = -dt_f[s] (x_s . u_f[s])``, so
   ``da_f[r] = sum_{t>r} dE_f[t] + sum_{s>=r} dS_f[s]``: two cumulative sums of per-token
   scalars, done in PyTorch, as are the softplus and the ``dt_bias``/``A`` reductions.
 
 Kernels: ``_adjoint_states_kernel`` (reverse sweep of ``C~ dy^T``), ``_dx_kernel`` (``dx``,
-``x.u``, ``dd``), ``_dbc_kernel`` (``dB``, ``dC``), and the forward ``_output_kernel`` in its
-``dy``-dotted mode for ``dy . y^f`` and ``dy . y^b``.
+``x.u``, ``dd``), ``_dw_kernel`` (the in-chunk weights ``W[t, s]`` of dB/dC summed over a group's
+heads), ``_dbc_kernel`` (``dB``, ``dC``: carried-state term per head plus ``W B`` / ``W^T C~``
+once per group), and the forward ``_output_kernel`` in its ``dy``-dotted mode for ``dy . y^f``
+and ``dy . y^b``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hthlight.kernels.hydra_scan import _forward_parts, _mm, _output_kernel
+from hthlight.kernels.hydra_scan import CONFIG, _forward_parts, _mm, _output_kernel
 
 
 @triton.jit
@@ -149,8 +154,57 @@ def _dx_kernel(
 
 
 @triton.jit
+def _dw_kernel(
+    x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, w_ptr,
+    L, H, G, NC, Lp,
+    s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
+    Q: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, IEEE: tl.constexpr,
+):
+    """W (B, G, NC, Q, Q) float32, one ``BT x BT`` tile per program, summed over the group's heads:
+
+    ``W[t, s] = sum_h exp(E_f[t] - S_f[s]) dt_f[s] (dy_t . x_s)`` below the diagonal (forward
+    part) and the backward part's mirror above it. ``dC~ = W B`` and ``dB = W^T C~`` inside a
+    chunk, so the ``Q x Q x N`` products are done once per group instead of once per head.
+    """
+    bg = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
+    tile = tl.program_id(2)
+    b = bg // G
+    g = bg % G
+    R = H // G
+    NT: tl.constexpr = Q // BT
+    i = tile // NT
+    j = tile % NT
+    t = c * Q + i * BT + tl.arange(0, BT)
+    s = c * Q + j * BT + tl.arange(0, BT)
+    p = tl.arange(0, P)
+    lt = s[None, :] < t[:, None]  # (a branch on i, j inside the head loop crashes Triton 3.6's Hopper pipeline)
+    gt = s[None, :] > t[:, None]
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
+    for r in range(0, R):
+        h = g * R + r
+        A = tl.load(A_ptr + h).to(tl.float32)
+        dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=(t < L)[:, None], other=0.0)
+        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
+        S = _mm(dy, tl.trans(xs), IEEE)  # [t, s] = dy_t . x_s
+        # One exponential per entry: the forward part's log-decay below the diagonal, the backward's above.
+        f_base = (b * 2 * H + h) * Lp
+        b_base = ((b * 2 + 1) * H + h) * Lp
+        excl_f = tl.load(cum_ptr + f_base + t) - tl.load(dt_ptr + f_base + t) * A
+        excl_b = tl.load(cum_ptr + b_base + t) - tl.load(dt_ptr + b_base + t) * A
+        log_f = excl_f[:, None] - tl.load(cum_ptr + f_base + s)[None, :]
+        log_b = excl_b[:, None] - tl.load(cum_ptr + b_base + s)[None, :]
+        log = tl.where(lt, log_f, tl.where(gt, log_b, float("-inf")))
+        dt_s = tl.where(lt, tl.load(dt_ptr + f_base + s)[None, :], tl.load(dt_ptr + b_base + s)[None, :])
+        acc += S * tl.exp(log) * dt_s
+    ti = i * BT + tl.arange(0, BT)
+    sj = j * BT + tl.arange(0, BT)
+    tl.store(w_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :], acc)
+
+
+@triton.jit
 def _dbc_kernel(
-    x_ptr, dy_ptr, B_ptr, C_ptr, dt_ptr, cum_ptr, A_ptr, st_ptr, adj_ptr, dbc_ptr,
+    x_ptr, dy_ptr, B_ptr, C_ptr, dt_ptr, cum_ptr, A_ptr, st_ptr, adj_ptr, w_ptr, dbc_ptr,
     L, H, N, G, NC, Lp,
     s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
     s_b, s_l, s_g, off_bwd,
@@ -158,8 +212,10 @@ def _dbc_kernel(
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
     WANT_DB: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """dC (WANT_DB False) or dB (True) of both parts for BM rows and BN state channels, summed over the group's heads.
+    """dC (WANT_DB False) or dB (True) of both parts for BM rows and BN state channels.
 
+    The carried-state term is summed over the group's heads here (one ``BM x P x BN`` product
+    per head); the in-chunk term is one product with the head-summed ``W`` of ``_dw_kernel``.
     Output ``dbc`` is (B, L, 4, G, N) float32 laid out like ``BC``: dB_f, dC_f, dB_b, dC_b.
     """
     bg = tl.program_id(0).to(tl.int64)
@@ -178,7 +234,6 @@ def _dbc_kernel(
     p = tl.arange(0, P)
     acc_f = tl.zeros((BM, BN), dtype=tl.float32)
     acc_b = tl.zeros((BM, BN), dtype=tl.float32)
-    BC_base = b * s_b + g * s_g
     for r in range(0, R):
         h = g * R + r
         A = tl.load(A_ptr + h).to(tl.float32)
@@ -188,13 +243,13 @@ def _dbc_kernel(
         dt_b_r = tl.load(dt_ptr + b_base + rows)
         cum_f_r = tl.load(cum_ptr + f_base + rows)
         cum_b_r = tl.load(cum_ptr + b_base + rows)
-        if WANT_DB:  # rows are sources s; the partner operand is dy, the off-chunk term uses adjoint states
+        if WANT_DB:  # rows are sources s: x against the adjoint states, decayed to the chunk's far ends
             own = tl.load(x_ptr + b * s_xb + rows[:, None] * s_xl + h * s_xh + p[None, :], mask=rvalid[:, None],
                           other=0.0)
             states = adj_ptr
             scale_f = tl.exp(tl.load(cum_ptr + f_base + c * Q + Q - 1) - cum_f_r) * dt_f_r
             scale_b = tl.exp(tl.load(cum_ptr + b_base + c * Q) - cum_b_r) * dt_b_r
-        else:  # rows are outputs t; the partner operand is x, the off-chunk term uses forward states
+        else:  # rows are outputs t: dy against the forward states, decayed from the chunk's near ends
             own = tl.load(dy_ptr + b * s_yb + rows[:, None] * s_yl + h * s_yh + p[None, :], mask=rvalid[:, None],
                           other=0.0)
             states = st_ptr
@@ -203,46 +258,36 @@ def _dbc_kernel(
         st = states + ((((b * NC + c) * 2) * H + h) * N + n[None, :]) * P + p[:, None]  # (P, BN) view of (N, P)
         Sf = tl.load(st, mask=nmask[None, :], other=0.0).to(own.dtype)
         Sb = tl.load(st + H * N * P, mask=nmask[None, :], other=0.0).to(own.dtype)
-        acc_f += _mm(own, Sf, IEEE) * scale_f[:, None]
-        acc_b += _mm(own, Sb, IEEE) * scale_b[:, None]
-        for k0 in range(0, Q, BK):
-            k = c * Q + k0 + tl.arange(0, BK)
-            kvalid = k < L
-            dt_f_k = tl.load(dt_ptr + f_base + k)
-            dt_b_k = tl.load(dt_ptr + b_base + k)
-            cum_f_k = tl.load(cum_ptr + f_base + k)
-            cum_b_k = tl.load(cum_ptr + b_base + k)
-            if WANT_DB:
-                other = tl.load(dy_ptr + b * s_yb + k[:, None] * s_yl + h * s_yh + p[None, :], mask=kvalid[:, None],
-                                other=0.0)
-                S = _mm(own, tl.trans(other), IEEE)  # [s, t] = dy_t . x_s
-                fwd = k[None, :] > rows[:, None]
-                bwd = k[None, :] < rows[:, None]
-                log_f = (cum_f_k - dt_f_k * A)[None, :] - cum_f_r[:, None]
-                log_b = (cum_b_k - dt_b_k * A)[None, :] - cum_b_r[:, None]
-                W_f = tl.where(fwd, S * tl.exp(tl.where(fwd, log_f, 0.0)), 0.0) * dt_f_r[:, None]
-                W_b = tl.where(bwd, S * tl.exp(tl.where(bwd, log_b, 0.0)), 0.0) * dt_b_r[:, None]
-                kf = k - 1
-                kb = k + 1
-                Of = tl.load(C_ptr + BC_base + kf[:, None] * s_l + n[None, :],
-                             mask=((kf >= 0) & kvalid)[:, None] & nmask[None, :], other=0.0)
-                Ob = tl.load(C_ptr + off_bwd + BC_base + kb[:, None] * s_l + n[None, :],
-                             mask=(kb < L)[:, None] & nmask[None, :], other=0.0)
-            else:
-                other = tl.load(x_ptr + b * s_xb + k[:, None] * s_xl + h * s_xh + p[None, :], mask=kvalid[:, None],
-                                other=0.0)
-                S = _mm(own, tl.trans(other), IEEE)  # [t, s] = dy_t . x_s
-                fwd = k[None, :] < rows[:, None]
-                bwd = k[None, :] > rows[:, None]
-                log_f = (cum_f_r - dt_f_r * A)[:, None] - cum_f_k[None, :]
-                log_b = (cum_b_r - dt_b_r * A)[:, None] - cum_b_k[None, :]
-                W_f = tl.where(fwd, S * tl.exp(tl.where(fwd, log_f, 0.0)), 0.0) * dt_f_k[None, :]
-                W_b = tl.where(bwd, S * tl.exp(tl.where(bwd, log_b, 0.0)), 0.0) * dt_b_k[None, :]
-                mask = kvalid[:, None] & nmask[None, :]
-                Of = tl.load(B_ptr + BC_base + k[:, None] * s_l + n[None, :], mask=mask, other=0.0)
-                Ob = tl.load(B_ptr + off_bwd + BC_base + k[:, None] * s_l + n[None, :], mask=mask, other=0.0)
-            acc_f += _mm(W_f.to(Of.dtype), Of, IEEE)
-            acc_b += _mm(W_b.to(Ob.dtype), Ob, IEEE)
+        own32 = own.to(tl.float32)
+        acc_f += _mm((own32 * scale_f[:, None]).to(own.dtype), Sf, IEEE)
+        acc_b += _mm((own32 * scale_b[:, None]).to(own.dtype), Sb, IEEE)
+
+    BC_base = b * s_b + g * s_g
+    W_base = w_ptr + (bg * NC + c) * Q * Q
+    ri = m * BM + tl.arange(0, BM)
+    for k0 in range(0, Q, BK):
+        k = c * Q + k0 + tl.arange(0, BK)
+        kj = k0 + tl.arange(0, BK)
+        kvalid = k < L
+        if WANT_DB:  # dB_f[s] = sum_{t>s} W[t, s] C_f[t-1]; dB_b[s] = sum_{t<s} W[t, s] C_b[t+1]
+            Wt = tl.load(W_base + kj[None, :] * Q + ri[:, None])  # [s, t] = W[t, s]
+            W_f = tl.where(k[None, :] > rows[:, None], Wt, 0.0)
+            W_b = tl.where(k[None, :] < rows[:, None], Wt, 0.0)
+            kf = k - 1
+            kb = k + 1
+            Of = tl.load(C_ptr + BC_base + kf[:, None] * s_l + n[None, :],
+                         mask=((kf >= 0) & kvalid)[:, None] & nmask[None, :], other=0.0)
+            Ob = tl.load(C_ptr + off_bwd + BC_base + kb[:, None] * s_l + n[None, :],
+                         mask=(kb < L)[:, None] & nmask[None, :], other=0.0)
+        else:  # dC~_f[t] = sum_{s<t} W[t, s] B_f[s]; dC~_b[t] = sum_{s>t} W[t, s] B_b[s]
+            Wr = tl.load(W_base + ri[:, None] * Q + kj[None, :])
+            W_f = tl.where(k[None, :] < rows[:, None], Wr, 0.0)
+            W_b = tl.where(k[None, :] > rows[:, None], Wr, 0.0)
+            mask = kvalid[:, None] & nmask[None, :]
+            Of = tl.load(B_ptr + BC_base + k[:, None] * s_l + n[None, :], mask=mask, other=0.0)
+            Ob = tl.load(B_ptr + off_bwd + BC_base + k[:, None] * s_l + n[None, :], mask=mask, other=0.0)
+        acc_f += _mm(W_f.to(Of.dtype), Of, IEEE)
+        acc_b += _mm(W_b.to(Ob.dtype), Ob, IEEE)
     out = dbc_ptr + b * s_ob + g * N + n[None, :]
     if WANT_DB:  # dB_f[s], dB_b[s]
         mask = rvalid[:, None] & nmask[None, :]
@@ -293,15 +338,22 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
         lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
         diag.stride(0), diag.stride(1), Q=q, P=headdim, BM=bm, BK=bk, BN=bn, IEEE=ieee, num_warps=4,
     )
+    bt = min(64, q)
+    w_mat = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
+    _dw_kernel[(batch * ngroups, nchunks, (q // bt) ** 2)](
+        x, dy, parts.dt, parts.cum, A, w_mat, seqlen, nheads, ngroups, nchunks, lp,
+        x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
+        Q=q, P=headdim, BT=bt, IEEE=ieee, num_warps=4,
+    )
     dbc = torch.zeros(batch, seqlen, 4, ngroups, d_state, device=device, dtype=torch.float32)
-    bn_bc = min(64, triton.next_power_of_2(d_state))
+    bn_bc = min(CONFIG["dbc_bn"], triton.next_power_of_2(d_state))
     grid = (batch * ngroups, nchunks, (q // bm) * triton.cdiv(d_state, bn_bc))
     for want_db in (False, True):
         _dbc_kernel[grid](
-            x, dy, B_f, C_f, parts.dt, parts.cum, A, parts.states, adj, dbc, seqlen, nheads, d_state, ngroups,
+            x, dy, B_f, C_f, parts.dt, parts.cum, A, parts.states, adj, w_mat, dbc, seqlen, nheads, d_state, ngroups,
             nchunks, lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
             s_b, s_l, s_g, off_bwd, dbc.stride(0), dbc.stride(1),
-            Q=q, P=headdim, BM=bm, BK=bk, BN=bn_bc, WANT_DB=want_db, IEEE=ieee, num_warps=4,
+            Q=q, P=headdim, BM=bm, BK=bk, BN=bn_bc, WANT_DB=want_db, IEEE=ieee, num_warps=CONFIG["dbc_warps"],
         )
 
     # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring).

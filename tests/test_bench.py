@@ -54,6 +54,31 @@ def test_bench_train_throughput_and_mfu(tmp_path, capsys):
         assert row["mfu"] == pytest.approx(flops * row["samples_per_s"] / 1e12)
 
 
+def test_timed_steps_run_fewer_steps_and_scale(monkeypatch):
+    """``--timed-steps K``: K model calls are timed and the time is scaled to ``--steps``."""
+    import hthlight.bench as bench
+
+    calls = []
+
+    def fake_timed(fn, device, repeats):
+        calls.clear()
+        fn()
+        return float(len(calls))  # "one second per step"
+
+    def model(x, t, batch):
+        calls.append(t)
+        return x
+
+    model.config = _tiny()
+    monkeypatch.setattr(bench, "timed", fake_timed)
+    monkeypatch.setattr(bench, "make_batch", lambda *args: None)
+    kwargs = dict(grid=(1, 2, 2), device=bench.torch.device("cpu"), dtype=bench.torch.float32, warmup=0)
+    assert bench.euler_sampling_seconds(model, steps=10, timed_steps=2, **kwargs) == pytest.approx(10.0)
+    assert len(calls) == 2
+    assert bench.euler_sampling_seconds(model, steps=3, timed_steps=8, **kwargs) == pytest.approx(3.0)
+    assert len(calls) == 3
+
+
 def _tiny(conditioner=None) -> DenoiserConfig:
     hydra = {"name": "hydra", "d_state": 4, "headdim": 4, "expand": 2, "ngroups": 1, "chunk_size": 4}
     layout = [{"mixer": hydra}, {"mixer": {"name": "attention", "num_heads": 2}}]
@@ -97,6 +122,7 @@ def test_transformer_twin_replaces_every_mixer_keeps_the_rest():
         (["sample", "--preset", "hth-s", "--grid-unit", "latent", "--grids", "9x9"], "not divisible by the patch"),
         (["sample", "--grids", "4xx"], "must be HxW or TxHxW"),
         (["sample", "--steps", "0"], "--steps must be positive"),
+        (["sample", "--timed-steps", "0"], "--timed-steps must be positive"),
         (["sideways"], "invalid choice"),
         (["train", "--presets", "dim-s/2", "--grids", "4x4"], "no FLOP formula for mixer"),
         (["train", "--presets", "dit-s/2", "--override", "dim=64"], "not divisible by num_heads=6"),

@@ -20,7 +20,12 @@ from hthlight.mixers.base import ScanningMixer
 from hthlight.mixers.norms import GatedRMSNorm
 from hthlight.mixers.ssm_common import check_ssm_config, init_dt_bias_, no_weight_decay
 from hthlight.scans import ScanOrder
-from hthlight.ssd.bidirectional import HYDRA_BACKENDS, check_hydra_backend, resolve_hydra_backend
+from hthlight.ssd.bidirectional import (
+    HYDRA_BACKENDS,
+    check_hydra_backend,
+    check_triton_shape,
+    resolve_hydra_backend,
+)
 
 
 class HydraMixer(ScanningMixer):
@@ -76,6 +81,8 @@ class HydraMixer(ScanningMixer):
             backend=backend,
             check_backend=check_hydra_backend,
         )
+        if backend == "triton":
+            check_triton_shape(headdim, d_state)
 
         self.d_state = d_state
         self.d_conv = d_conv
@@ -116,18 +123,15 @@ class HydraMixer(ScanningMixer):
 
     def mix_sequence(self, x_BLD: torch.Tensor) -> torch.Tensor:
         h, p, gn = self.nheads, self.headdim, self.ngroups * self.d_state
-        backend = resolve_hydra_backend(self.backend, x_BLD.device)
-        # Without autograd the Triton backend also fuses the conv + SiLU and the gated norm.
-        fused = backend == "triton" and not torch.is_grad_enabled()
+        backend = resolve_hydra_backend(self.backend, x_BLD.device, self.headdim, self.d_state)
+        fused = backend == "triton"  # Triton also fuses the conv + SiLU and the gated norm, forward and backward
         z_BLE, xBC_BLC, dt_BL2H = torch.split(self.in_proj(x_BLD), [self.d_inner, self.d_inner + 4 * gn, 2 * h], dim=-1)
         if fused:
-            from hthlight.kernels.conv_norm import conv1d_silu_fwd
+            from hthlight.kernels.conv_norm import conv1d_silu
 
-            xBC_BLC = conv1d_silu_fwd(xBC_BLC, self.conv1d.weight, self.conv1d.bias)
+            xBC_BLC = conv1d_silu(xBC_BLC, self.conv1d.weight, self.conv1d.bias)  # reads the strided slice
         else:
             xBC_BLC = F.silu(self.conv1d(xBC_BLC.transpose(1, 2)).transpose(1, 2))
-            if backend == "triton":
-                xBC_BLC = xBC_BLC.contiguous()  # the kernels read channels-last
         x_BLE, BC_BLC = xBC_BLC.split([self.d_inner, 4 * gn], dim=-1)
         diag_BLH = self.fc_D(x_BLE) + self.D  # the free diagonal: fc_D(x) + D per head
         A_H = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
@@ -141,9 +145,9 @@ class HydraMixer(ScanningMixer):
             self.chunk_size,
         )
         if fused:
-            from hthlight.kernels.conv_norm import gated_rmsnorm_fwd
+            from hthlight.kernels.conv_norm import gated_rmsnorm
 
-            y_BLE = gated_rmsnorm_fwd(y_BLHP.flatten(2), z_BLE, self.norm.weight, self.norm.eps)
+            y_BLE = gated_rmsnorm(y_BLHP.flatten(2), z_BLE, self.norm.weight, self.norm.eps)
         else:
             y_BLE = self.norm(y_BLHP.flatten(2), z_BLE)
         return self.out_proj(y_BLE)

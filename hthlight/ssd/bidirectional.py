@@ -128,16 +128,39 @@ def check_hydra_backend(name: str) -> None:
         raise ConfigError(f"Hydra backend {name!r} needs the {package!r} package, which is not installed")
 
 
-def resolve_hydra_backend(name: str, device: torch.device | str) -> str:
+#: Head widths the Triton kernels are built for; the state width must be at least 16 (tensor-core tiles).
+TRITON_HEADDIMS = (16, 32, 64, 128)
+TRITON_MIN_D_STATE = 16
+
+
+def triton_supports(headdim: int, d_state: int) -> bool:
+    """Whether the Triton kernels handle this head and state width."""
+    return headdim in TRITON_HEADDIMS and d_state >= TRITON_MIN_D_STATE
+
+
+def check_triton_shape(headdim: int, d_state: int) -> None:
+    """Raise a :class:`ConfigError` when ``backend: triton`` is asked for a shape its kernels lack."""
+    if not triton_supports(headdim, d_state):
+        raise ConfigError(
+            f"Hydra backend 'triton' needs headdim in {TRITON_HEADDIMS} and d_state >= {TRITON_MIN_D_STATE}, "
+            f"got headdim={headdim}, d_state={d_state}; use backend 'auto' (falls back to 'torch') or 'torch'"
+        )
+
+
+def resolve_hydra_backend(
+    name: str, device: torch.device | str, headdim: int | None = None, d_state: int | None = None
+) -> str:
     """The backend that runs for ``name`` on ``device``: ``auto`` is ``triton`` on CUDA, else ``torch``.
 
-    A fast backend asked for on a CPU tensor falls back to the reference (a model trained on
-    GPU still runs on CPU).
+    ``auto`` also falls back to ``torch`` for a ``headdim``/``d_state`` the Triton kernels lack
+    (tiny test models). A fast backend asked for on a CPU tensor falls back to the reference
+    (a model trained on GPU still runs on CPU).
     """
     check_hydra_backend(name)
     on_cuda = torch.device(device).type == "cuda"
     if name == "auto":
-        name = "triton" if on_cuda and _available("triton") else "torch"
+        shape_ok = headdim is None or triton_supports(headdim, d_state if d_state is not None else TRITON_MIN_D_STATE)
+        name = "triton" if on_cuda and _available("triton") and shape_ok else "torch"
     return name if on_cuda else "torch"
 
 

@@ -1,0 +1,238 @@
+"""The Triton conv + SiLU and gated-RMSNorm kernels (kernels/conv_norm.py) against PyTorch.
+
+References: ``F.silu(F.conv1d(x^T, w, b, padding=K//2, groups=C))^T`` and
+``GatedRMSNorm(norm_before_gate=True)``, through autograd. Tolerances (relative Frobenius
+error): float32 inputs against float64 on the same values, 1e-5 for the outputs and every
+gradient; bfloat16 activations against float64 on the same rounded values, 1e-2 (the kernels
+compute in float32 and round their outputs to bfloat16, about 4e-3 relative each). On CPU the
+kernels run in Triton's interpreter in a subprocess, on tiny shapes with ragged blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hthlight.mixers.norms import GatedRMSNorm
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def conv_silu_reference(x_BLC, weight_C1K, bias_C):
+    k = weight_C1K.shape[-1]
+    pre = F.conv1d(x_BLC.transpose(1, 2), weight_C1K, bias_C, padding=k // 2, groups=x_BLC.shape[-1])
+    return F.silu(pre.transpose(1, 2))
+
+
+def gated_norm_reference(y_BLD, z_BLD, weight_D, eps):
+    norm = GatedRMSNorm(y_BLD.shape[-1], eps=eps, norm_before_gate=True).to(weight_D.device)
+    return torch.func.functional_call(norm, {"weight": weight_D}, (y_BLD, z_BLD))
+
+
+def conv_case(batch, seqlen, channels, k, has_bias, dtype, param_dtype, device, seed):
+    """x is a channel slice of a wider tensor (as the input projection's output is), all leaves."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    wide = torch.randn(batch, seqlen, channels + 9, device=device, generator=g).to(dtype).requires_grad_(True)
+    weight = (torch.randn(channels, 1, k, device=device, generator=g) * 0.4).to(param_dtype).requires_grad_(True)
+    bias = (torch.randn(channels, device=device, generator=g) * 0.5).to(param_dtype).requires_grad_(True)
+    dy = torch.randn(batch, seqlen, channels, device=device, generator=g).to(dtype)
+    return wide, weight, bias if has_bias else None, dy
+
+
+def conv_errors(wide, weight, bias, dy, offset=4):
+    """Forward and gradient errors of conv1d_silu against float64 autograd through the reference."""
+    from hthlight.kernels.conv_norm import conv1d_silu
+
+    leaves = [t for t in (wide, weight, bias) if t is not None]
+    c = weight.shape[0]
+    out = conv1d_silu(wide[..., offset : offset + c], weight, bias)
+    grads = torch.autograd.grad(out, leaves, dy)
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    rw, rweight = ref_leaves[0], ref_leaves[1]
+    rbias = ref_leaves[2] if bias is not None else None
+    ref = conv_silu_reference(rw[..., offset : offset + c], rweight, rbias)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
+    for g, leaf in zip(grads, leaves):
+        assert g.dtype == leaf.dtype and g.shape == leaf.shape
+    names = ["out", "x", "weight", "bias"][: 1 + len(leaves)]
+    return dict(zip(names, [rel_err(out, ref)] + [rel_err(g, r) for g, r in zip(grads, ref_grads)]))
+
+
+def norm_case(batch, seqlen, dim, dtype, param_dtype, device, seed):
+    """y is a row-strided slice, z a slice of a wider tensor (both leaves through their bases)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    y_wide = torch.randn(batch, seqlen, dim + 3, device=device, generator=g).to(dtype).requires_grad_(True)
+    z_wide = (torch.randn(batch, seqlen, 2 * dim + 5, device=device, generator=g) * 2).to(dtype).requires_grad_(True)
+    weight = (1 + 0.3 * torch.randn(dim, device=device, generator=g)).to(param_dtype).requires_grad_(True)
+    dout = torch.randn(batch, seqlen, dim, device=device, generator=g).to(dtype)
+    return y_wide, z_wide, weight, dout
+
+
+def norm_errors(y_wide, z_wide, weight, dout, eps=1e-5):
+    from hthlight.kernels.conv_norm import gated_rmsnorm
+
+    d = weight.shape[0]
+    leaves = [y_wide, z_wide, weight]
+    out = gated_rmsnorm(y_wide[..., :d], z_wide[..., d + 5 :], weight, eps)
+    grads = torch.autograd.grad(out, leaves, dout)
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref = gated_norm_reference(ref_leaves[0][..., :d], ref_leaves[1][..., d + 5 :], ref_leaves[2], eps)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dout.double())
+    for g, leaf in zip(grads, leaves):
+        assert g.dtype == leaf.dtype and g.shape == leaf.shape
+    return dict(
+        zip(["out", "y", "z", "weight"], [rel_err(out, ref)] + [rel_err(g, r) for g, r in zip(grads, ref_grads)])
+    )
+
+
+INTERPRETER_CHECK = textwrap.dedent(
+    """
+    import torch
+    from hthlight.kernels import conv_norm
+    from tests.test_conv_norm_triton import (
+        conv_case, conv_errors, conv_silu_reference, gated_norm_reference, norm_case, norm_errors, rel_err,
+    )
+
+    worst = 0.0
+    # The autograd Functions with their default blocks (one ragged channel block of 128).
+    for k in (3, 7):
+        for has_bias in (True, False):
+            case = conv_case(2, 37, 20, k, has_bias, torch.float32, torch.float32, "cpu", seed=k + has_bias)
+            errs = conv_errors(*case)
+            print("conv", k, has_bias, errs)
+            worst = max(worst, *errs.values())
+    # The backward kernels with small blocks: several programs along L and C, so every halo
+    # crosses a block boundary and the partial sums are reduced over several blocks.
+    for bl in (16, 8):
+        for k in (3, 7):
+            wide, weight, bias, dy = conv_case(2, 37, 20, k, True, torch.float32, torch.float32, "cpu", seed=10 + k)
+            x = wide.detach()[..., 4:24]
+            got = conv_norm.conv1d_silu_bwd(dy, x, weight.detach(), bias.detach(), block_l=bl, block_c=16)
+            ref_in = [t.detach().double().requires_grad_(True) for t in (x, weight, bias)]
+            ref = torch.autograd.grad(conv_silu_reference(*ref_in), ref_in, dy.double())
+            errs = [rel_err(a, b) for a, b in zip(got, ref)]
+            print("bwd", bl, k, errs)
+            worst = max(worst, *errs)
+    errs = norm_errors(*norm_case(2, 37, 48, torch.float32, torch.float32, "cpu", seed=5))
+    print("norm", errs)
+    worst = max(worst, *errs.values())
+    y_wide, z_wide, weight, dout = norm_case(2, 37, 48, torch.float32, torch.float32, "cpu", seed=6)
+    y, z = y_wide.detach()[..., :48], z_wide.detach()[..., 53:]
+    got = conv_norm.gated_rmsnorm_bwd(dout, y, z, weight.detach(), 1e-5, rows_per_program=5)
+    ref_in = [t.detach().double().requires_grad_(True) for t in (y, z, weight)]
+    ref = torch.autograd.grad(gated_norm_reference(*ref_in, 1e-5), ref_in, dout.double())
+    errs = [rel_err(a, b) for a, b in zip(got, ref)]
+    print("norm_bwd", errs)
+    worst = max(worst, *errs)
+    # out.sum().backward(): the Functions get an expanded (all strides 0) output gradient.
+    wide, weight, bias, _ = conv_case(1, 37, 20, 7, True, torch.float32, torch.float32, "cpu", seed=7)
+    ref_in = [t.detach().double().requires_grad_(True) for t in (wide, weight, bias)]
+    conv_norm.conv1d_silu(wide[..., 4:24], weight, bias).sum().backward()
+    conv_silu_reference(ref_in[0][..., 4:24], ref_in[1], ref_in[2]).sum().backward()
+    errs = [rel_err(a.grad, b.grad) for a, b in zip((wide, weight, bias), ref_in)]
+    print("conv_sum", errs)
+    worst = max(worst, *errs)
+    y_wide, z_wide, weight, _ = norm_case(1, 37, 48, torch.float32, torch.float32, "cpu", seed=8)
+    ref_in = [t.detach().double().requires_grad_(True) for t in (y_wide, z_wide, weight)]
+    conv_norm.gated_rmsnorm(y_wide[..., :48], z_wide[..., 53:], weight, 1e-5).sum().backward()
+    gated_norm_reference(ref_in[0][..., :48], ref_in[1][..., 53:], ref_in[2], 1e-5).sum().backward()
+    errs = [rel_err(a.grad, b.grad) for a, b in zip((y_wide, z_wide, weight), ref_in)]
+    print("norm_sum", errs)
+    worst = max(worst, *errs)
+    print("WORST", worst)
+    """
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests below run the compiled kernels")
+def test_kernels_match_reference_in_interpreter():
+    """Forward and every gradient in Triton's CPU interpreter: K 3 and 7, with and without bias, odd L."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", INTERPRETER_CHECK], capture_output=True, text=True, env=env, cwd=root, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 4 + 4 + 2 + 2 + 1 and lines[-1].startswith("WORST"), result.stdout
+    assert float(lines[-1].split()[1]) <= 1e-5, result.stdout
+
+
+def test_bad_inputs_raise_value_errors():
+    """Even kernel widths and non-contiguous channels are refused, forward and backward, before any launch."""
+    pytest.importorskip("triton")
+    from hthlight.kernels.conv_norm import conv1d_silu, conv1d_silu_bwd, gated_rmsnorm, gated_rmsnorm_bwd
+
+    x = torch.randn(2, 9, 6)
+    dy = torch.randn(2, 9, 6)
+    with pytest.raises(ValueError, match="kernel width must be odd"):
+        conv1d_silu_bwd(dy, x, torch.randn(6, 1, 4), None)
+    with pytest.raises(ValueError, match="kernel width odd"):
+        conv1d_silu(x, torch.randn(6, 1, 4), None)
+    x_t = torch.randn(2, 6, 9).transpose(1, 2)  # (2, 9, 6) with stride(-1) == 9
+    with pytest.raises(ValueError, match=r"x and dy must be contiguous in their channels"):
+        conv1d_silu_bwd(dy, x_t, torch.randn(6, 1, 3), None)
+    with pytest.raises(ValueError, match=r"x and dy must be contiguous in their channels"):
+        conv1d_silu_bwd(torch.randn(2, 6, 9).transpose(1, 2), x, torch.randn(6, 1, 3), None)
+    with pytest.raises(ValueError, match="x must be contiguous in its channels"):
+        conv1d_silu(x_t, torch.randn(6, 1, 3), None)
+    y, w = torch.randn(2, 9, 6), torch.ones(6)
+    with pytest.raises(ValueError, match=r"z must be contiguous in its last dimension"):
+        gated_rmsnorm_bwd(dy, y, x_t, w, 1e-5)
+    with pytest.raises(ValueError, match=r"dout must be contiguous in its last dimension"):
+        gated_rmsnorm_bwd(x_t, y, dy, w, 1e-5)
+    with pytest.raises(ValueError, match="y and z must be contiguous in their last dimension"):
+        gated_rmsnorm(y, x_t, w, 1e-5)
+
+
+GPU_DTYPES = [
+    (torch.float32, torch.float32, 1e-5),
+    (torch.bfloat16, torch.float32, 1e-2),  # bf16 activations, float32 parameters (autocast training)
+    (torch.bfloat16, torch.bfloat16, 1e-2),
+]
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("has_bias", [True, False])
+@pytest.mark.parametrize("dtype,param_dtype,tol", GPU_DTYPES)
+def test_conv_silu_matches_reference_gpu(dtype, param_dtype, tol, has_bias):
+    """Hydra's shape (HTH-5B conv width 7168, K = 7): forward and the x, weight, bias gradients."""
+    errs = conv_errors(*conv_case(1, 4096, 7168, 7, has_bias, dtype, param_dtype, "cuda", seed=1 + has_bias))
+    assert max(errs.values()) <= tol, errs
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("k", [3, 7])
+def test_conv_silu_bwd_ragged_gpu(k):
+    """Float32, ragged L and C, batch 2, many blocks along L and C."""
+    from hthlight.kernels.conv_norm import conv1d_silu_bwd
+
+    wide, weight, bias, dy = conv_case(2, 3001, 1000, k, True, torch.float32, torch.float32, "cuda", seed=k)
+    x = wide.detach()[..., 4:1004]
+    got = conv1d_silu_bwd(dy, x, weight.detach(), bias.detach())
+    ref_in = [t.detach().double().requires_grad_(True) for t in (x, weight, bias)]
+    ref = torch.autograd.grad(conv_silu_reference(*ref_in), ref_in, dy.double())
+    errs = [rel_err(a, b) for a, b in zip(got, ref)]
+    assert max(errs) <= 1e-5, errs
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype,param_dtype,tol", GPU_DTYPES)
+def test_gated_rmsnorm_matches_reference_gpu(dtype, param_dtype, tol):
+    """Hydra's shape (d_inner 6144): forward and the y, z, weight gradients."""
+    errs = norm_errors(*norm_case(1, 4096, 6144, dtype, param_dtype, "cuda", seed=2))
+    assert max(errs.values()) <= tol, errs
