@@ -193,7 +193,8 @@ def _output_kernel(
     """y (B, L, H, P) = M x for one chunk's block of BM rows and one head.
 
     With ``DOT_DY`` (for the backward) it writes, instead of ``y``, ``dy . y^f`` and ``dy . y^b``
-    (the two parts of ``y`` without the diagonal) into ``y_ptr`` as float32 (B, 2, H, Lp).
+    for the carried-state parts of ``y`` only (from earlier / later chunks) into ``y_ptr`` as
+    float32 (B, 2, H, Lp).
     """
     bh = tl.program_id(0)
     c = tl.program_id(1)
@@ -238,28 +239,27 @@ def _output_kernel(
     if not DOT_DY:
         acc = acc_f + acc_b
 
-    # Inside the chunk: one matrix holding both directions and the diagonal.
-    d_t = tl.load(diag_ptr + b * s_db + t * s_dl + h, mask=tvalid, other=0.0).to(tl.float32)
-    ti = m * BM + tl.arange(0, BM)
-    for k0 in range(0, Q, BK):
-        s = c * Q + k0 + tl.arange(0, BK)
-        sj = k0 + tl.arange(0, BK)
-        cb = tl.load(cb_ptr + ((b * G + g) * NC + c) * Q * Q + ti[:, None] * Q + sj[None, :])
-        dt_f_s = tl.load(dt_ptr + f_base + s)
-        dt_b_s = tl.load(dt_ptr + b_base + s)
-        cum_f_s = tl.load(cum_ptr + f_base + s)
-        cum_b_s = tl.load(cum_ptr + b_base + s)
-        lt = s[None, :] < t[:, None]
-        gt = s[None, :] > t[:, None]
-        log_f = tl.where(lt, excl_f[:, None] - cum_f_s[None, :], float("-inf"))
-        log_b = tl.where(gt, excl_b[:, None] - cum_b_s[None, :], float("-inf"))
-        E_f = tl.exp(log_f) * dt_f_s[None, :]
-        E_b = tl.exp(log_b) * dt_b_s[None, :]
-        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
-        if DOT_DY:
-            acc_f += _mm((cb * E_f).to(xs.dtype), xs, IEEE)
-            acc_b += _mm((cb * E_b).to(xs.dtype), xs, IEEE)
-        else:
+    # Inside the chunk: one matrix holding both directions and the diagonal. (The backward's
+    # dy-dotted mode needs only the carried-state part: the in-chunk part comes from _dw_kernel.)
+    if not DOT_DY:
+        d_t = tl.load(diag_ptr + b * s_db + t * s_dl + h, mask=tvalid, other=0.0).to(tl.float32)
+        ti = m * BM + tl.arange(0, BM)
+        for k0 in range(0, Q, BK):
+            s = c * Q + k0 + tl.arange(0, BK)
+            sj = k0 + tl.arange(0, BK)
+            cb = tl.load(cb_ptr + ((b * G + g) * NC + c) * Q * Q + ti[:, None] * Q + sj[None, :])
+            dt_f_s = tl.load(dt_ptr + f_base + s)
+            dt_b_s = tl.load(dt_ptr + b_base + s)
+            cum_f_s = tl.load(cum_ptr + f_base + s)
+            cum_b_s = tl.load(cum_ptr + b_base + s)
+            lt = s[None, :] < t[:, None]
+            gt = s[None, :] > t[:, None]
+            log_f = tl.where(lt, excl_f[:, None] - cum_f_s[None, :], float("-inf"))
+            log_b = tl.where(gt, excl_b[:, None] - cum_b_s[None, :], float("-inf"))
+            E_f = tl.exp(log_f) * dt_f_s[None, :]
+            E_b = tl.exp(log_b) * dt_b_s[None, :]
+            xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None],
+                         other=0.0)
             M = tl.where(s[None, :] == t[:, None], d_t[:, None], cb * (E_f + E_b))
             acc += _mm(M.to(xs.dtype), xs, IEEE)
     if DOT_DY:

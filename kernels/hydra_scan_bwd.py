@@ -14,9 +14,16 @@ part mirrored, the gradients are (Mamba-2's SSD backward, Dao & Gu 2024, applied
   (B and C are shared by a group's heads), so the ``Q x Q x N`` products run once per group;
   across chunks they go through the carried and adjoint states, head by head in one program
   (no atomics, no per-head copies);
-* the log-decays: ``dE_f[t] = dy_t . y^f_t`` and ``dS_f[s] = -dt_f[s] (x_s . u_f[s])``, so
-  ``da_f[r] = sum_{t>r} dE_f[t] + sum_{s>=r} dS_f[s]``: two cumulative sums of per-token
-  scalars, done in PyTorch, as are the softplus and the ``dt_bias``/``A`` reductions.
+* the log-decays: ``da_f[r]`` is the gradient flow ``G[t, s] = dy_t . M_f[t, s] x_s`` of the
+  token pairs it lies between (``s < r < t``). As ``sum_{t>r} dy_t.y^f_t - sum_{s>=r} dt_s x_s.u_s``
+  over the whole sequence this is a difference of two huge, nearly equal sums (bfloat16 keeps
+  no digit of it), so it is summed chunk by chunk instead, from four non-cancelling parts:
+  pairs inside the chunk (row and column sums of the exact float32 ``G`` per head, from
+  ``_dw_kernel``), pairs whose source is in an earlier chunk (``dy . y`` of the carried states,
+  the output kernel in its ``dy``-dotted mode), pairs whose output is in a later chunk
+  (``x . u`` of the adjoint states, ``_dx_kernel``), and pairs straddling the chunk
+  (``<carried state, adjoint state>``, ``_adjoint_states_kernel``). The per-token cumulative
+  sums within chunks, the softplus and the ``dt_bias``/``A`` reductions are done in PyTorch.
 
 Kernels: ``_adjoint_states_kernel`` (reverse sweep of ``C~ dy^T``), ``_dx_kernel`` (``dx``,
 ``x.u``, ``dd``), ``_dw_kernel`` (the in-chunk weights ``W[t, s]`` of dB/dC summed over a group's
@@ -36,13 +43,18 @@ from hthlight.kernels.hydra_scan import CONFIG, _forward_parts, _mm, _output_ker
 
 @triton.jit
 def _adjoint_states_kernel(
-    dy_ptr, C_ptr, dt_ptr, cum_ptr, A_ptr, adj_ptr,
+    dy_ptr, C_ptr, dt_ptr, cum_ptr, A_ptr, adj_ptr, st_ptr, cross_ptr,
     L, H, N, G, NC, Lp,
     s_yb, s_yl, s_yh,
     s_b, s_l, s_g, off_bwd,
     Q: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
 ):
-    """adj (B, NC, 2, H, N, P): forward part, sum over later chunks of exp(..) C~_f dy^T; backward, earlier."""
+    """adj (B, NC, 2, H, N, P): forward part, sum over later chunks of exp(..) C~_f dy^T; backward, earlier.
+
+    Also ``cross`` (B, 2, H, NB, NC) float32: this program's share (its N block) of
+    ``exp(chunk's log-decay) <state entering the chunk, adjoint leaving it>``, the gradient
+    flow of the token pairs that straddle the whole chunk (the decay gradients' chunk term).
+    """
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     pid = tl.program_id(2)
@@ -58,15 +70,19 @@ def _adjoint_states_kernel(
     base = ((b * 2 + direction) * H + h) * Lp
     shift = 2 * direction - 1  # C~_f[t] = C_f[t - 1], C~_b[t] = C_b[t + 1]
     C_base = C_ptr + b * s_b + g * s_g + direction * off_bwd
+    NB = tl.num_programs(2) // 2
     for k in range(0, NC):
         c = k + (1 - direction) * (NC - 1 - 2 * k)  # forward part: from the end; backward part: from the start
-        st = adj_ptr + ((((b * NC + c) * 2 + direction) * H + h) * N + n[:, None]) * P + p[None, :]
-        tl.store(st, state.to(adj_ptr.dtype.element_ty), mask=nmask[:, None])
+        off = ((((b * NC + c) * 2 + direction) * H + h) * N + n[:, None]) * P + p[None, :]
+        tl.store(adj_ptr + off, state.to(adj_ptr.dtype.element_ty), mask=nmask[:, None])
         t = c * Q + rows
         dt = tl.load(dt_ptr + base + t)
         excl = tl.load(cum_ptr + base + t) - dt * A
         # The chunk's whole log-decay: the forward prefix at its last token, the backward suffix at its first.
         total = tl.load(cum_ptr + base + c * Q + (1 - direction) * (Q - 1))
+        carried = tl.load(st_ptr + off, mask=nmask[:, None], other=0.0).to(tl.float32)
+        cross = tl.sum(tl.sum(carried * state, axis=1), axis=0) * tl.exp(total)
+        tl.store(cross_ptr + (((b * 2 + direction) * H + h) * NB + nb) * NC + c, cross)
         tc = t + shift
         Ct = tl.load(C_base + tc[:, None] * s_l + n[None, :],
                      mask=((tc >= 0) & (tc < L) & (t < L))[:, None] & nmask[None, :], other=0.0)
@@ -85,7 +101,8 @@ def _dx_kernel(
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    """dx (B, L, H, P); scal (B, 3, H, Lp) float32: x.u_f, x.u_b, dy.x per token and head."""
+    """dx (B, L, H, P); scal (B, 5, H, Lp) float32 per token and head: x.u_f, x.u_b, dy.x, and the
+    parts of x.u_f, x.u_b that come from other chunks (through the adjoint states)."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
     m = tl.program_id(2)
@@ -122,6 +139,11 @@ def _dx_kernel(
         u_b += _mm(Bb, Gb, IEEE)
     u_f = u_f * tl.exp(total_f - cum_f_s)[:, None]
     u_b = u_b * tl.exp(total_b - cum_b_s)[:, None]
+    x = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=svalid[:, None], other=0.0)
+    x = x.to(tl.float32)
+    scal = scal_ptr + (b * 5 * H + h) * Lp + s
+    tl.store(scal + 3 * H * Lp, tl.sum(x * u_f, axis=1), mask=svalid)
+    tl.store(scal + 4 * H * Lp, tl.sum(x * u_b, axis=1), mask=svalid)
 
     # Inside the chunk: the transposed CB matrix, masked and decayed, times dy.
     si = m * BM + tl.arange(0, BM)
@@ -139,15 +161,12 @@ def _dx_kernel(
         u_f += _mm(Nf.to(dy.dtype), dy, IEEE)
         u_b += _mm(Nb.to(dy.dtype), dy, IEEE)
 
-    x = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=svalid[:, None], other=0.0)
-    x = x.to(tl.float32)
     dy_s = tl.load(dy_ptr + b * s_yb + s[:, None] * s_yl + h * s_yh + p[None, :], mask=svalid[:, None], other=0.0)
     dy_s = dy_s.to(tl.float32)
     d_s = tl.load(diag_ptr + b * s_db + s * s_dl + h, mask=svalid, other=0.0).to(tl.float32)
     dx = d_s[:, None] * dy_s + dt_f_s[:, None] * u_f + dt_b_s[:, None] * u_b
     tl.store(dx_ptr + ((b * L + s[:, None]) * H + h) * P + p[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=svalid[:, None])
-    scal = scal_ptr + (b * 3 * H + h) * Lp + s
     tl.store(scal, tl.sum(x * u_f, axis=1), mask=svalid)
     tl.store(scal + H * Lp, tl.sum(x * u_b, axis=1), mask=svalid)
     tl.store(scal + 2 * H * Lp, tl.sum(x * dy_s, axis=1), mask=svalid)
@@ -155,7 +174,7 @@ def _dx_kernel(
 
 @triton.jit
 def _dw_kernel(
-    x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, w_ptr,
+    x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, cb_ptr, w_ptr, rows_ptr, cols_ptr,
     L, H, G, NC, Lp,
     s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
     Q: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, IEEE: tl.constexpr,
@@ -165,6 +184,11 @@ def _dw_kernel(
     ``W[t, s] = sum_h exp(E_f[t] - S_f[s]) dt_f[s] (dy_t . x_s)`` below the diagonal (forward
     part) and the backward part's mirror above it. ``dC~ = W B`` and ``dB = W^T C~`` inside a
     chunk, so the ``Q x Q x N`` products are done once per group instead of once per head.
+
+    Per head it also sums ``G[t, s] = CB[t, s] W_h[t, s] = dy_t . M[t, s] x_s`` (the in-chunk
+    token pairs' gradient flow, exact in float32) over this tile's columns into ``rows``
+    (B, 2, H, NT, Lp): ``dy_t . y_t`` of the in-chunk parts, and over its rows into ``cols``:
+    ``dt_s x_s . u_s`` of the in-chunk parts; index 0 forward part, 1 backward part.
     """
     bg = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
@@ -181,6 +205,9 @@ def _dw_kernel(
     lt = s[None, :] < t[:, None]  # (a branch on i, j inside the head loop crashes Triton 3.6's Hopper pipeline)
     gt = s[None, :] > t[:, None]
     acc = tl.zeros((BT, BT), dtype=tl.float32)
+    ti = i * BT + tl.arange(0, BT)
+    sj = j * BT + tl.arange(0, BT)
+    cb = tl.load(cb_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :])
     for r in range(0, R):
         h = g * R + r
         A = tl.load(A_ptr + h).to(tl.float32)
@@ -196,9 +223,17 @@ def _dw_kernel(
         log_b = excl_b[:, None] - tl.load(cum_ptr + b_base + s)[None, :]
         log = tl.where(lt, log_f, tl.where(gt, log_b, float("-inf")))
         dt_s = tl.where(lt, tl.load(dt_ptr + f_base + s)[None, :], tl.load(dt_ptr + b_base + s)[None, :])
-        acc += S * tl.exp(log) * dt_s
-    ti = i * BT + tl.arange(0, BT)
-    sj = j * BT + tl.arange(0, BT)
+        term = S * tl.exp(log) * dt_s
+        acc += term
+        pair = term * cb  # dy_t . M[t, s] x_s: forward part below the diagonal, backward part above
+        f_rows = ((b * 2 * H + h) * NT + j) * Lp + t
+        b_rows = (((b * 2 + 1) * H + h) * NT + j) * Lp + t
+        tl.store(rows_ptr + f_rows, tl.sum(tl.where(lt, pair, 0.0), axis=1))
+        tl.store(rows_ptr + b_rows, tl.sum(tl.where(gt, pair, 0.0), axis=1))
+        f_cols = ((b * 2 * H + h) * NT + i) * Lp + s
+        b_cols = (((b * 2 + 1) * H + h) * NT + i) * Lp + s
+        tl.store(cols_ptr + f_cols, tl.sum(tl.where(lt, pair, 0.0), axis=0))
+        tl.store(cols_ptr + b_cols, tl.sum(tl.where(gt, pair, 0.0), axis=0))
     tl.store(w_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :], acc)
 
 
@@ -326,13 +361,15 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
         Q=q, P=headdim, BM=bm, BK=bk, BN=bn, IEEE=ieee, WIDE=True, DOT_DY=True, num_warps=4,
     )
     adj = torch.empty_like(parts.states)
-    _adjoint_states_kernel[(batch, nheads, 2 * triton.cdiv(d_state, parts.bn_state))](
-        dy, C_f, parts.dt, parts.cum, A, adj, seqlen, nheads, d_state, ngroups, nchunks, lp,
+    n_blocks = triton.cdiv(d_state, parts.bn_state)
+    cross = torch.empty(batch, 2, nheads, n_blocks, nchunks, device=device, dtype=torch.float32)
+    _adjoint_states_kernel[(batch, nheads, 2 * n_blocks)](
+        dy, C_f, parts.dt, parts.cum, A, adj, parts.states, cross, seqlen, nheads, d_state, ngroups, nchunks, lp,
         dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
         Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, num_warps=4, num_stages=1,
     )
     dx = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=out_dtypes[0])
-    scal = torch.zeros(batch, 3, nheads, lp, device=device, dtype=torch.float32)
+    scal = torch.zeros(batch, 5, nheads, lp, device=device, dtype=torch.float32)
     _dx_kernel[(batch * nheads, nchunks, q // bm)](
         x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, seqlen, nheads, d_state, ngroups, nchunks,
         lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
@@ -340,8 +377,10 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
     )
     bt = min(64, q)
     w_mat = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
+    pair_rows = torch.zeros(batch, 2, nheads, q // bt, lp, device=device, dtype=torch.float32)
+    pair_cols = torch.zeros_like(pair_rows)
     _dw_kernel[(batch * ngroups, nchunks, (q // bt) ** 2)](
-        x, dy, parts.dt, parts.cum, A, w_mat, seqlen, nheads, ngroups, nchunks, lp,
+        x, dy, parts.dt, parts.cum, A, parts.cb, w_mat, pair_rows, pair_cols, seqlen, nheads, ngroups, nchunks, lp,
         x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
         Q=q, P=headdim, BT=bt, IEEE=ieee, num_warps=4,
     )
@@ -356,18 +395,28 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
             Q=q, P=headdim, BM=bm, BK=bk, BN=bn_bc, WANT_DB=want_db, IEEE=ieee, num_warps=CONFIG["dbc_warps"],
         )
 
-    # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring).
-    dt = parts.dt[..., :seqlen]  # (B, 2, H, L)
+    # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring),
+    # chunk by chunk so that no sum runs over more than one chunk (no cancellation over L).
+    def chunked(v):  # (B, 2, H, Lp) -> (B, 2, H, NC, Q)
+        return v.unflatten(-1, (nchunks, q))
+
+    def before(v):  # sum over earlier tokens of the chunk
+        return v.cumsum(-1) - v
+
+    def after(v):  # sum over later tokens of the chunk
+        return v.flip(-1).cumsum(-1).flip(-1) - v
+
+    dt = parts.dt  # (B, 2, H, Lp), zero past L
+    w = chunked(pair_rows.sum(3) + w)  # dy_t . y_t per part: in-chunk pairs + carried states
+    z_in = chunked(pair_cols.sum(3))  # dt_s x_s . u_s per part from in-chunk pairs
+    z_out = chunked(dt * scal[:, 3:5])  # ... from pairs whose output is in another chunk
+    through = cross.sum(3)[..., None]  # (B, 2, H, NC, 1): pairs that straddle the whole chunk
+    # forward part: pairs s < r < t; backward part: pairs t < r < s
+    da_f = after(w[:, 0]) - (after(z_in[:, 0]) + z_in[:, 0]) + before(z_out[:, 0]) + through[:, 0]
+    da_b = before(w[:, 1]) - (before(z_in[:, 1]) + z_in[:, 1]) + after(z_out[:, 1]) + through[:, 1]
+    da = torch.stack([da_f, da_b], dim=1).flatten(-2)[..., :seqlen]
+    dt = dt[..., :seqlen]
     xu = scal[:, :2, :, :seqlen]  # x . u_f, x . u_b
-    z = dt * xu
-    w = w[..., :seqlen]
-    w_f, w_b = w[:, 0], w[:, 1]
-    z_f, z_b = z[:, 0], z[:, 1]
-    # forward part: da[r] = sum_{t>r} w[t] - sum_{s>=r} z[s]; backward part: sum_{t<r} w[t] - sum_{s<=r} z[s]
-    rev_w = w_f.flip(-1).cumsum(-1).flip(-1)
-    da_f = (rev_w - w_f) - z_f.flip(-1).cumsum(-1).flip(-1)
-    da_b = (w_b.cumsum(-1) - w_b) - z_b.cumsum(-1)
-    da = torch.stack([da_f, da_b], dim=1)
     A32 = A.float()
     ddt = xu + A32[None, None, :, None] * da  # (B, 2, H, L)
     dA = (dt * da).sum(dim=(0, 1, 3))

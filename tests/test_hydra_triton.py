@@ -1,12 +1,14 @@
 """The Triton Hydra backend against the PyTorch reference (hthlight.ssd.bidirectional).
 
 Tolerances (relative Frobenius error against float64 on the same rounded inputs): float32
-inputs 1e-5 (the kernels use IEEE float32 products for float32); bfloat16 inputs 1e-2 for the
-output and the gradients of x, B, C and the diagonal. The gradients that come from cumulative
-sums over the whole sequence (dt, and dt_bias and A, reduced over every token with heavy
-cancellation) are looser: 1e-3 in float32 and 3e-2 in bfloat16 (measured up to 2.6e-2 on an
-H100, where bf16 products carry about 4e-3 relative error each). On CPU the kernels run in Triton's interpreter in a
-subprocess, on tiny shapes.
+inputs 1e-5 (the kernels use IEEE float32 products for float32) for the output and the
+gradients of x, B, C and the diagonal, 1e-4 for those of dt, dt_bias and A (sums over every
+token; up to 1.0e-5 measured on an H100); bfloat16 inputs 1e-2 for the output and every gradient
+(measured on an H100: <= 2.5e-3 for x, B, C, diag and dt_raw, <= 9.2e-3 for dt_bias and A).
+The decay gradients are summed chunk by chunk (in-chunk pairs, pairs entering or leaving the
+chunk, pairs straddling it), never as differences of sums over the whole sequence, which in
+bfloat16 lost every digit (errors of 0.2 to 3 before). On CPU the kernels run in Triton's
+interpreter in a subprocess, on tiny shapes.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def test_triton_kernels_match_reference_in_interpreter():
     assert result.returncode == 0, result.stderr[-2000:]
     errors = {line.split()[0]: float(line.split()[1]) for line in result.stdout.strip().splitlines()}
     assert len(errors) == 4, result.stdout
-    assert max(errors["37"], errors["70"], errors["grad"]) < 1e-5 and errors["reduced"] < 1e-3, result.stdout
+    assert max(errors["37"], errors["70"], errors["grad"]) < 1e-5 and errors["reduced"] < 1e-4, result.stdout
     assert errors["grad"] > 0, result.stdout  # the kernels ran, not the reference
 
 
@@ -150,9 +152,7 @@ def test_triton_backward_matches_reference(shape, chunk_size, dtype, tol):
     names = ["x", "dt_raw", "dt_bias", "A", "BC", "diag"]
     for name, g, r, arg in zip(names, grads, ref, args):
         assert g.dtype == arg.dtype and g.shape == arg.shape
-        bound = tol
-        if name in ("dt_bias", "A", "dt_raw"):
-            bound = 1e-3 if dtype == torch.float32 and name != "dt_raw" else 3e-2 if dtype != torch.float32 else tol
+        bound = 1e-4 if dtype == torch.float32 and name in ("dt_bias", "A", "dt_raw") else tol
         assert torch.isfinite(g).all() and rel_err(g, r) < bound, name
 
 

@@ -141,9 +141,16 @@ def test_fsdp_two_gpus_matches_one_gpu_with_same_global_batch(tmp_path):
     script.write_text(textwrap.dedent(FSDP_SCRIPT.format(tests=str(REPO / "tests"))))
     env = {**os.environ, "NCCL_NVLS_ENABLE": "0"}
     for mode in ("single", "fsdp"):
-        done = subprocess.run(
-            [sys.executable, str(script), mode, str(tmp_path / mode)], env=env, capture_output=True, text=True
-        )
+        try:  # a hang in a collective must fail the test, not stall the suite
+            done = subprocess.run(
+                [sys.executable, str(script), mode, str(tmp_path / mode)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"{mode} run did not finish in 240 s: {(exc.stderr or b'')[-4000:]!r}")
         assert done.returncode == 0, done.stderr[-4000:]
     losses = {m: json.loads((tmp_path / m / "losses.json").read_text()) for m in ("single", "fsdp")}
     assert len(losses["fsdp"]) == 6
