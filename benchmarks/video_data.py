@@ -6,8 +6,9 @@
 Without ``--manifest`` it writes moving-digits clips (``hthlight data moving-digits``) to
 ``runs/data/bench_moving_digits`` first. ``--train`` also times the video demo's training step
 (``configs/moving_digits.yaml``'s model, AdamW) fed by the real loader and by synthetic tensors
-of the same shape already on the device, and prints real / synthetic: within 10 % means the
-pipeline keeps the accelerator busy. Prints one line per measurement and a JSON summary.
+of the same shape already on the device, alternating the two ``--train-repeats`` times, and
+prints the median real / synthetic: within 10 % means the pipeline keeps the accelerator busy.
+Prints one line per measurement and a JSON summary.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -102,9 +104,21 @@ def train_throughput(manifest: str, workers: int, args) -> dict[str, float]:
         "image": torch.rand(args.batch_size, args.channels, args.frames, args.size, args.size, device=device) * 2 - 1,
         "label": torch.randint(0, 10, (args.batch_size,), device=device),
     }
-    synthetic_sps = timed(_repeat(synthetic))
-    real_sps = timed(_forever(data.train_dataloader()))
-    return {"real_steps_per_s": real_sps, "synthetic_steps_per_s": synthetic_sps, "ratio": real_sps / synthetic_sps}
+    # Alternate the two feeds and take medians: a launch-bound step's own rate drifts between runs.
+    real_batches = _forever(data.train_dataloader())
+    synthetic_rates, real_rates = [], []
+    for _ in range(args.train_repeats):
+        synthetic_rates.append(timed(_repeat(synthetic)))
+        real_rates.append(timed(real_batches))
+    synthetic_sps, real_sps = statistics.median(synthetic_rates), statistics.median(real_rates)
+    ratios = [r / s for r, s in zip(real_rates, synthetic_rates)]
+    return {
+        "real_steps_per_s": real_sps,
+        "synthetic_steps_per_s": synthetic_sps,
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
 
 
 def _repeat(batch):
@@ -131,6 +145,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--train", action="store_true", help="also compare training fed by real vs synthetic data")
     parser.add_argument("--train-steps", type=int, default=50)
+    parser.add_argument("--train-repeats", type=int, default=3, help="alternating real/synthetic timings (median)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     manifest = args.manifest
@@ -157,7 +172,8 @@ def main() -> None:
             summary[f"train_workers_{workers}"] = {k: round(v, 3) for k, v in result.items()}
             print(
                 f"train workers={workers:2d}  real {result['real_steps_per_s']:.2f} steps/s  synthetic "
-                f"{result['synthetic_steps_per_s']:.2f} steps/s  real/synthetic {result['ratio']:.3f}",
+                f"{result['synthetic_steps_per_s']:.2f} steps/s  real/synthetic {result['ratio']:.3f} "
+                f"(median of {args.train_repeats}; {result['ratio_min']:.3f}-{result['ratio_max']:.3f})",
                 flush=True,
             )
     print(json.dumps(summary))
