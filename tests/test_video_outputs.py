@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hthlight.callbacks.skipped import SkippedSamplesReporter
-from hthlight.callbacks.video_logging import has_moviepy, log_videos, strips_grid
+from hthlight.callbacks.video_logging import log_videos, strips_grid
 from hthlight.cli import main
 from hthlight.data.moving_digits import write_moving_digits
 from hthlight.lightning_cli import HthlightCLI
@@ -107,27 +107,29 @@ def test_demo_config_fits_reports_skips_and_predicts_mp4(manifest, tmp_path):
     assert settings["num_frames"] == 4 and settings["fps"] == 4 and settings["sample_shape"] == [1, 4, 16, 16]
 
 
-class RecordingWriter:
-    def __init__(self) -> None:
-        self.calls = []
+def test_sample_videos_logged_as_animated_gif_and_frame_strip(tmp_path):
+    """TensorBoard gets a looping GIF (all clips tiled per frame) and a still strip, without moviepy."""
+    import io
 
-    def add_image(self, tag, image, step):
-        self.calls.append(("image", tag, tuple(image.shape), step))
+    from PIL import Image, ImageSequence
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
 
-    def add_video(self, tag, video, step, fps):
-        self.calls.append(("video", tag, tuple(video.shape), step))
-
-
-def test_sample_videos_logged_as_frame_strips_without_moviepy():
     videos = torch.rand(3, 1, 5, 8, 8) * 2 - 1
-    writer = RecordingWriter()
-    tag = log_videos(writer, videos, 7, fps=8)
-    if has_moviepy():
-        assert writer.calls == [("video", "samples_video", (3, 5, 3, 8, 8), 7)]
-    else:
-        assert tag == "samples_frames"
-        kind, _, shape, step = writer.calls[0]
-        assert kind == "image" and step == 7 and shape[0] == 3
+    writer = SummaryWriter(tmp_path)
+    assert log_videos(writer, videos, 7, fps=8) == "samples_video"
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert set(events.Tags()["images"]) == {"samples_video", "samples_frames"}
+    (video,) = events.Images("samples_video")
+    gif = Image.open(io.BytesIO(video.encoded_image_string))
+    assert video.step == 7 and gif.format == "GIF"
+    frames = [frame.convert("RGB") for frame in ImageSequence.Iterator(gif)]
+    assert len(frames) == 5 and gif.info["duration"] == 120 and gif.info["loop"] == 0  # 8 fps in 1/100 s
+    assert (video.width, video.height) == (2 * 9 + 1, 2 * 9 + 1)  # 3 clips in a 2 x 2 grid, 1-pixel gaps
+    first = np.asarray(frames[0])[1:9, 1:9, 0] / 255  # clip 0, frame 0 (GIF palette: ~1/32 steps)
+    assert np.abs(first - ((videos[0, 0, 0] + 1) / 2).numpy()).max() < 0.05
     grid = strips_grid(videos)
     assert grid.shape == (3, 3 * (8 + 1) + 1, 5 * 8 + 4 + 2)  # 3 rows of 5 frames with 1-pixel gaps
     first = grid[0, 1:9, 1:9]

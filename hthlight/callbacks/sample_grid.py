@@ -26,8 +26,8 @@ class SampleGridLogger(L.Callback):
         seed: seed of the first sample; sample j of each row uses ``seed + j``.
         steps: sampler steps (default: the model's sampling config).
         cfg_scale: guidance scale (default: the model's sampling config).
-        fps: frame rate of logged sample videos (videos are logged with ``add_video`` when
-            moviepy is installed, else as frame strips under ``samples_frames``).
+        fps: frame rate of logged sample videos (an animated GIF under ``samples_video`` and a
+            frame strip per clip under ``samples_frames``; see :mod:`hthlight.callbacks.video_logging`).
     """
 
     def __init__(
