@@ -28,6 +28,7 @@ from hthlight.diffusion.cuda_graphs import CUDAGraphed
 from hthlight.errors import ConfigError
 from hthlight.models import presets
 from hthlight.models.denoiser import Denoiser, DenoiserConfig
+from hthlight.strategies import compile_blocks
 
 Grid = tuple[int, int, int]
 CUDA_SAMPLE_GRIDS = ("32x32", "64x64", "128x128", "192x192", "256x256", "384x384")
@@ -385,9 +386,12 @@ def checked_config(preset: str, overrides: Mapping[str, Any]) -> DenoiserConfig:
     return config
 
 
-def _build(config: DenoiserConfig, device: torch.device, dtype: torch.dtype | None = None) -> Denoiser:
+def _build(
+    config: DenoiserConfig, device: torch.device, dtype: torch.dtype | None = None, compile: bool = False
+) -> Denoiser:
     model = Denoiser(config).to(device)
-    return model if dtype is None else model.to(dtype)
+    model = model if dtype is None else model.to(dtype)
+    return compile_blocks(model) if compile else model
 
 
 def _grids(args: argparse.Namespace, config: DenoiserConfig, device: torch.device) -> list[Grid]:
@@ -408,7 +412,7 @@ def run_sample(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, 
     rows: list[dict[str, Any]] = []
     for name, config in models:
         torch.manual_seed(0)
-        model = _build(config, device, dtype).eval()
+        model = _build(config, device, dtype, args.compile).eval()
         params = sum(p.numel() for p in model.parameters())
         for grid in grids:
             _reset_peak(device)
@@ -459,7 +463,7 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, A
     rows: list[dict[str, Any]] = []
     for preset, config in configs.items():
         torch.manual_seed(0)
-        model = _build(config, device).train()
+        model = _build(config, device, compile=args.compile).train()
         params = sum(p.numel() for p in model.parameters())
         context = args.context_tokens if model.conditioner is not None else 0
         for grid in _grids(args, config, device):
@@ -505,6 +509,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--context-tokens", type=int, default=120, help="text tokens for cross-attention")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each denoiser block (warm-up compiles)")
     parser.add_argument("--out", metavar="FILE.json", help="write the rows, device, versions, date and command")
 
 

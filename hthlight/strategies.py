@@ -141,9 +141,16 @@ def apply_block_options(
         apply_activation_checkpointing(denoiser, checkpoint_wrapper_fn=wrapper, check_fn=is_checkpoint_unit)
     if compile:
         for model in (denoiser, getattr(pl_module, "ema_denoiser", None)):
-            for module in list(model.modules()) if model is not None else []:
-                if is_checkpoint_unit(module) and not compiled(module):
-                    module.compile(mode=compile_mode)
+            if model is not None:
+                compile_blocks(model, compile_mode)
+
+
+def compile_blocks(model: nn.Module, mode: str | None = None) -> nn.Module:
+    """``torch.compile`` every block (``checkpoint_unit``) of ``model`` in place; returns ``model``."""
+    for module in list(model.modules()):
+        if is_checkpoint_unit(module) and not compiled(module):
+            module.compile(mode=mode)
+    return model
 
 
 class BlockDDPStrategy(DDPStrategy):

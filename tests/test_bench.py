@@ -54,6 +54,17 @@ def test_bench_train_throughput_and_mfu(tmp_path, capsys):
         assert row["mfu"] == pytest.approx(flops * row["samples_per_s"] / 1e12)
 
 
+def test_compile_option_compiles_the_blocks_of_each_model(monkeypatch, capsys):
+    import hthlight.bench as bench
+
+    compiled = []
+    monkeypatch.setattr(bench, "compile_blocks", lambda model: compiled.append(model) or model)
+    argv = ["bench", "train", "--presets", "hth-s", "--override", *TINY, "--grids", "4x4", "--steps", "1"]
+    assert main([*argv, "--context-tokens", "3", "--compile"]) == 0
+    assert len(compiled) == 1 and isinstance(compiled[0], Denoiser)
+    assert main([*argv, "--context-tokens", "3"]) == 0 and len(compiled) == 1  # off by default
+
+
 def test_timed_steps_run_fewer_steps_and_scale(monkeypatch):
     """``--timed-steps K``: K model calls are timed and the time is scaled to ``--steps``."""
     import hthlight.bench as bench

@@ -146,9 +146,10 @@ class DenoiserBlock(nn.Module):
         if mod_BRD is None:
             x_BLD = x_BLD + self.mixer(self.norm_mixer(x_BLD), grid)
             return x_BLD if self.mlp is None else x_BLD + self.mlp(self.norm_mlp(x_BLD))
-        shift1, scale1, gate1 = mod_BRD[:, 0], mod_BRD[:, 1], mod_BRD[:, 2]
+        rows = mod_BRD.unbind(1)  # one stack in backward, not a zero-filled tensor per row
+        shift1, scale1, gate1 = rows[:3]
         x_BLD = x_BLD + gate1[:, None] * self.mixer(modulate(self.norm_mixer(x_BLD), shift1, scale1), grid)
         if self.mlp is None:
             return x_BLD
-        shift2, scale2, gate2 = mod_BRD[:, 3], mod_BRD[:, 4], mod_BRD[:, 5]
+        shift2, scale2, gate2 = rows[3:6]
         return x_BLD + gate2[:, None] * self.mlp(modulate(self.norm_mlp(x_BLD), shift2, scale2))
