@@ -173,7 +173,8 @@ def test_predict_command_line_sets_sampler_steps_and_kwargs(tmp_path, capsys):
         main(args)
     assert info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)["model"]
-    assert printed["sampling"] == {"sampler": "ddim", "steps": 7, "cfg_scale": 4.0, "sampler_kwargs": {"eta": 0.25}}
+    sampling = {"sampler": "ddim", "steps": 7, "cfg_scale": 4.0, "sampler_kwargs": {"eta": 0.25}, "cuda_graph": False}
+    assert printed["sampling"] == sampling
     assert printed["scheduler"] == {"name": "ddpm", "prediction": "v"}
     bad = [a if a != "ddim" else "heun" for a in args if a != "--print_config"]
     assert main(bad) == 2
