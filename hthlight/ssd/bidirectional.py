@@ -162,8 +162,3 @@ def resolve_hydra_backend(
         shape_ok = headdim is None or triton_supports(headdim, d_state if d_state is not None else TRITON_MIN_D_STATE)
         name = "triton" if on_cuda and _available("triton") and shape_ok else "torch"
     return name if on_cuda else "torch"
-
-
-def select_hydra_backend(name: str, device: torch.device | str) -> MixFn:
-    """The mixing function of :func:`resolve_hydra_backend`."""
-    return HYDRA_BACKENDS[resolve_hydra_backend(name, device)]
