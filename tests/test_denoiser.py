@@ -89,6 +89,18 @@ def test_position_embedding_frame_zero_equals_image_and_positions_differ():
     torch.testing.assert_close(big[:12], image)
 
 
+def test_position_table_is_kept_per_device_and_dtype_not_copied_per_forward():
+    """The table lives on the model's device: no host copy per forward (CUDA graphs need that)."""
+    half = sincos_position_embedding((1, 3, 4), 16, "cpu", torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half is sincos_position_embedding(
+        (1, 3, 4), 16, torch.device("cpu"), torch.bfloat16
+    )
+    torch.testing.assert_close(half.float(), sincos_position_embedding((1, 3, 4), 16), atol=1e-2, rtol=0)
+    with torch.inference_mode():  # built under inference mode, still usable for training afterwards
+        table = sincos_position_embedding((1, 3, 5), 16)
+    assert not table.is_inference() and table is sincos_position_embedding((1, 3, 5), 16)
+
+
 def test_hth_5b_layout_builds_on_meta_device_with_about_5b_parameters():
     config = DenoiserConfig(
         in_channels=4,

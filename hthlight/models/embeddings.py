@@ -70,7 +70,19 @@ def sincos_position_embedding(grid: Grid, dim: int, device=None, dtype=None, bas
     never interpolated.
     """
     key = tuple(int(n) for n in grid)
-    return _sincos_position_table(key, dim, None if base is None else int(base)).to(device=device, dtype=dtype)
+    device = torch.device(device if device is not None else "cpu")
+    return _sincos_position_table_on(key, dim, None if base is None else int(base), device, dtype or torch.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _sincos_position_table_on(
+    grid: Grid, dim: int, base: int | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    # Kept on the device: a host-to-device copy of the (L, D) table at every forward would cost
+    # milliseconds, block the host on the device, and make the forward impossible to capture
+    # in a CUDA graph.
+    with torch.inference_mode(False):
+        return _sincos_position_table(grid, dim, base).to(device=device, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- rotary positions
