@@ -63,8 +63,13 @@ def main() -> None:
             print(f"layer {dtype} dim={dim} N={d_state} G={ngroups} L={seqlen}: fwd {fwd:.2e} worst grad {grad:.2e}")
     worst = {}
     for dtype in (torch.float32, torch.bfloat16):
-        for (b, L, H, P, G, N) in [(1, 37, 2, 64, 1, 64), (2, 1000, 4, 64, 2, 64), (1, 4099, 8, 64, 1, 256),
-                                   (1, 515, 4, 32, 2, 16), (1, 2048, 4, 128, 1, 128)]:
+        for b, L, H, P, G, N in [
+            (1, 37, 2, 64, 1, 64),
+            (2, 1000, 4, 64, 2, 64),
+            (1, 4099, 8, 64, 1, 256),
+            (1, 515, 4, 32, 2, 16),
+            (1, 2048, 4, 128, 1, 128),
+        ]:
             for q in (32, 64, 128, 256):
                 err = case(b, L, H, P, G, N, q, dtype, seed=L + q)
                 worst[dtype] = max(worst.get(dtype, 0.0), err)

@@ -82,8 +82,9 @@ def measure(layer: nn.Module, x: torch.Tensor, backward: bool) -> dict[str, floa
 
 
 def hydra_layer(dim: int, d_state: int, backend: str, chunk_size: int) -> nn.Module:
-    layer = HydraMixer(dim, d_state=d_state, headdim=64, expand=2, ngroups=1, d_conv=7, chunk_size=chunk_size,
-                       backend=backend)
+    layer = HydraMixer(
+        dim, d_state=d_state, headdim=64, expand=2, ngroups=1, d_conv=7, chunk_size=chunk_size, backend=backend
+    )
     return layer.cuda().to(torch.bfloat16)
 
 
@@ -95,8 +96,14 @@ def scan_only(layer: HydraMixer, x: torch.Tensor) -> float:
     with torch.no_grad():
         _z, xBC, dt = torch.split(layer.in_proj(x), [layer.d_inner, layer.d_inner + 4 * gn, 2 * h], dim=-1)
         xs, BC = xBC.split([layer.d_inner, 4 * gn], dim=-1)
-        args = (xs.unflatten(-1, (h, layer.headdim)), dt, layer.dt_bias, -torch.exp(layer.A_log.float()),
-                BC.unflatten(-1, (4, layer.ngroups, layer.d_state)), layer.fc_D(xs) + layer.D)
+        args = (
+            xs.unflatten(-1, (h, layer.headdim)),
+            dt,
+            layer.dt_bias,
+            -torch.exp(layer.A_log.float()),
+            BC.unflatten(-1, (4, layer.ngroups, layer.d_state)),
+            layer.fc_D(xs) + layer.D,
+        )
         q = triton_chunk_size(layer.chunk_size)
         return bench(lambda: hydra_scan_fwd(*args, chunk_size=q))
 

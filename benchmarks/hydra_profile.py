@@ -23,7 +23,15 @@ def _config(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in (item.split("=") for item in text.split(","))}
 
 
-def _print_totals(prof, label: str, repeats: int) -> None:
+def profile_kernels(run, label: str, repeats: int = 5) -> None:
+    """Print the mean CUDA time per call of each kernel ``run()`` launches (after 3 warm-up calls)."""
+    for _ in range(3):
+        run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            run()
+        torch.cuda.synchronize()
     totals = defaultdict(float)
     for evt in prof.key_averages():
         if evt.device_type.name == "CUDA" or "kernel" in evt.key:
@@ -48,14 +56,7 @@ def profile_layer(args) -> None:
 
         runs = [("forward (grad enabled)", functools.partial(layer.mix_sequence, x)), ("forward+backward", fwd_bwd)]
         for label, run in runs:
-            for _ in range(3):
-                run()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    run()
-                torch.cuda.synchronize()
-            _print_totals(prof, f"{label} dim={args.dim} N={args.d_state} L={args.tokens} Q={q}", 5)
+            profile_kernels(run, f"{label} dim={args.dim} N={args.d_state} L={args.tokens} Q={q}")
 
 
 def main() -> None:
@@ -90,19 +91,7 @@ def main() -> None:
             run = lambda q=q: hydra_scan_bwd(dy, x, dt, bias, A, BC, diag, q)
         else:
             run = lambda q=q: hydra_scan_fwd(x, dt, bias, A, BC, diag, chunk_size=q)
-        for _ in range(3):
-            run()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(10):
-                run()
-            torch.cuda.synchronize()
-        totals = defaultdict(float)
-        for evt in prof.key_averages():
-            if evt.device_type.name == "CUDA" or "kernel" in evt.key:
-                totals[evt.key] += evt.self_device_time_total / 10 / 1000
-        parts = ", ".join(f"{k}: {v:.3f} ms" for k, v in sorted(totals.items(), key=lambda kv: -kv[1]) if v > 0.001)
-        print(f"{config} Q={q}: total {sum(totals.values()):.3f} ms; {parts}", flush=True)
+        profile_kernels(run, f"{config} Q={q}", repeats=10)
 
 
 if __name__ == "__main__":

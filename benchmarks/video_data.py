@@ -29,9 +29,9 @@ from hthlight.data.video import VideoDataModule
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def loader_throughput(manifest: str, workers: int, args) -> float:
-    """Clips per second over ``args.batches`` batches after ``args.warmup`` warm-up batches."""
-    data = VideoDataModule(
+def video_data(manifest: str, workers: int, args) -> VideoDataModule:
+    """The clips the benchmark reads: ``args``' frames, size, fps, channels and batch, one decode thread."""
+    return VideoDataModule(
         manifest,
         num_frames=args.frames,
         size=args.size,
@@ -41,6 +41,11 @@ def loader_throughput(manifest: str, workers: int, args) -> float:
         num_workers=workers,
         decode_threads=1,
     )
+
+
+def loader_throughput(manifest: str, workers: int, args) -> float:
+    """Clips per second over ``args.batches`` batches after ``args.warmup`` warm-up batches."""
+    data = video_data(manifest, workers, args)
     loader = data.train_dataloader()
     clips, start = 0, None
     for i, batch in enumerate(_forever(loader)):
@@ -68,16 +73,7 @@ def train_throughput(manifest: str, workers: int, args) -> dict[str, float]:
     module.configure_model()
     module.to(device)
     optimizer = torch.optim.AdamW(module.denoiser.parameters(), lr=1e-4)
-    data = VideoDataModule(
-        manifest,
-        num_frames=args.frames,
-        size=args.size,
-        fps=args.fps,
-        channels=args.channels,
-        batch_size=args.batch_size,
-        num_workers=workers,
-        decode_threads=1,
-    )
+    data = video_data(manifest, workers, args)
 
     def step(batch) -> None:
         x0 = batch["image"].to(device, non_blocking=True)

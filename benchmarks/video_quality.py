@@ -85,9 +85,7 @@ def train(args) -> None:
             index = torch.randint(len(clips), (args.batch_size,), generator=order)
             x0 = clips[index].to(device)
             batch = {"label": labels[index].to(device)}
-            loss = module.scheduler.loss(
-                lambda x, t, m=module, b=batch: m.denoiser(x, t, b), x0, generator=noise
-            )
+            loss = module.scheduler.loss(lambda x, t, m=module, b=batch: m.denoiser(x, t, b), x0, generator=noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

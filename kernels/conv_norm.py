@@ -21,39 +21,36 @@ import triton.language as tl
 
 
 @triton.jit
-def _conv_silu_kernel(
-    x_ptr,
-    w_ptr,
-    b_ptr,
-    y_ptr,
-    L,
-    C,
-    s_xb,
-    s_xl,
-    K: tl.constexpr,
-    BL: tl.constexpr,
-    BC: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-):
-    b = tl.program_id(0).to(tl.int64)
-    lb = tl.program_id(1)
-    cb = tl.program_id(2)
-    rows = lb * BL + tl.arange(0, BL)
-    cols = cb * BC + tl.arange(0, BC)
-    cmask = cols < C
-    acc = tl.zeros((BL, BC), dtype=tl.float32)
+def _conv_pre(x_ptr, w_ptr, b_ptr, b, rows, cols, cmask, L, C, s_xb, s_xl,
+              K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The pre-activation ``pre[l] = b + sum_k w[k] x[l + k - K // 2]`` of a (BL, BC) tile, float32."""
+    pre = tl.zeros((BL, BC), dtype=tl.float32)
+    if HAS_BIAS:
+        pre += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     # A loop over the taps, not unrolled: unrolled, all K tiles are loaded at once and spill.
     for k in range(K):
         src = rows + (k - K // 2)
         m = ((src >= 0) & (src < L))[:, None] & cmask[None, :]
         xk = tl.load(x_ptr + b * s_xb + src[:, None].to(tl.int64) * s_xl + cols[None, :], mask=m, other=0.0)
         wk = tl.load(w_ptr + k * C + cols, mask=cmask, other=0.0).to(tl.float32)  # weight as (K, C)
-        acc += xk.to(tl.float32) * wk[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    acc = acc / (1.0 + tl.exp(-acc))
+        pre += xk.to(tl.float32) * wk[None, :]
+    return pre
+
+
+@triton.jit
+def _conv_silu_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    L, C,
+    s_xb, s_xl,
+    K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1) * BL + tl.arange(0, BL)
+    cols = tl.program_id(2) * BC + tl.arange(0, BC)
+    cmask = cols < C
+    pre = _conv_pre(x_ptr, w_ptr, b_ptr, b, rows, cols, cmask, L, C, s_xb, s_xl, K, BL, BC, HAS_BIAS)
     out = y_ptr + (b * L + rows[:, None]) * C + cols[None, :]
-    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(rows < L)[:, None] & cmask[None, :])
+    tl.store(out, (pre / (1.0 + tl.exp(-pre))).to(y_ptr.dtype.element_ty), mask=(rows < L)[:, None] & cmask[None, :])
 
 
 def conv1d_silu_fwd(x_BLC: torch.Tensor, weight_C1K: torch.Tensor, bias_C: torch.Tensor | None) -> torch.Tensor:
@@ -138,21 +135,12 @@ def _conv_silu_dpre_kernel(
     K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     """dpre = dy * silu'(pre) (float32, contiguous) with pre recomputed from x; dbias partial sums."""
-    H: tl.constexpr = K // 2
     b = tl.program_id(0).to(tl.int64)
     lb = tl.program_id(1)
-    cb = tl.program_id(2)
     rows = lb * BL + tl.arange(0, BL)
-    cols = cb * BC + tl.arange(0, BC)
+    cols = tl.program_id(2) * BC + tl.arange(0, BC)
     cmask = cols < C
-    pre = tl.zeros((BL, BC), dtype=tl.float32)
-    if HAS_BIAS:
-        pre += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    for k in range(K):  # pre[l] = sum_k w[k] x[l + k - H]
-        src = rows + (k - H)
-        m = ((src >= 0) & (src < L))[:, None] & cmask[None, :]
-        xk = tl.load(x_ptr + b * s_xb + src[:, None].to(tl.int64) * s_xl + cols[None, :], mask=m, other=0.0)
-        pre += xk.to(tl.float32) * tl.load(w_ptr + k * C + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    pre = _conv_pre(x_ptr, w_ptr, b_ptr, b, rows, cols, cmask, L, C, s_xb, s_xl, K, BL, BC, HAS_BIAS)
     mask = (rows < L)[:, None] & cmask[None, :]
     dy = tl.load(dy_ptr + b * s_dyb + rows[:, None].to(tl.int64) * s_dyl + cols[None, :], mask=mask, other=0.0)
     sig = 1.0 / (1.0 + tl.exp(-pre))

@@ -1,7 +1,9 @@
-"""Shared test helpers: tiny configs and fake plugin distributions on sys.path."""
+"""Shared test helpers: tiny configs, fake plugin distributions on sys.path, Triton's interpreter."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -11,6 +13,25 @@ import torch
 
 TINY_HYDRA = {"name": "hydra", "d_state": 4, "headdim": 8, "expand": 2, "d_conv": 3, "chunk_size": 8}
 TINY_ATTENTION = {"name": "attention", "num_heads": 2, "qk_norm": True}
+
+
+def run_interpreted(code: str, timeout: float = 300) -> str:
+    """Standard output of ``code`` run in Triton's CPU interpreter (``TRITON_INTERPRET=1``).
+
+    A fresh process (the interpreter must be on before Triton is imported) in the repository
+    root with ``tests/`` on the path, so the snippet imports test modules as the tests do; a non-zero
+    exit fails the test with its stderr.
+    """
+    pytest.importorskip("triton")
+    tests = Path(__file__).resolve().parent
+    root = tests.parent
+    path = os.pathsep.join(filter(None, [str(tests), os.environ.get("PYTHONPATH")]))  # as pytest imports them
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def tiny_denoiser_config(**overrides):

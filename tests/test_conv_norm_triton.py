@@ -10,14 +10,12 @@ kernels run in Triton's interpreter in a subprocess, on tiny shapes with ragged 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_interpreted
 
 from hthlight.mixers.norms import GatedRMSNorm
 
@@ -157,16 +155,10 @@ INTERPRETER_CHECK = textwrap.dedent(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests below run the compiled kernels")
 def test_kernels_match_reference_in_interpreter():
     """Forward and every gradient in Triton's CPU interpreter: K 3 and 7, with and without bias, odd L."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, "-c", INTERPRETER_CHECK], capture_output=True, text=True, env=env, cwd=root, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 4 + 4 + 2 + 2 + 1 and lines[-1].startswith("WORST"), result.stdout
-    assert float(lines[-1].split()[1]) <= 1e-5, result.stdout
+    stdout = run_interpreted(INTERPRETER_CHECK)
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 4 + 4 + 2 + 2 + 1 and lines[-1].startswith("WORST"), stdout
+    assert float(lines[-1].split()[1]) <= 1e-5, stdout
 
 
 def test_bad_inputs_raise_value_errors():

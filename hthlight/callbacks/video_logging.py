@@ -27,12 +27,12 @@ def strips_grid(videos_BCTHW: torch.Tensor) -> torch.Tensor:
     return make_grid(strips, nrow=1, padding=1, pad_value=1.0)
 
 
-def gif_bytes(videos_BCTHW: torch.Tensor, fps: float, nrow: int | None = None) -> tuple[bytes, int, int]:
-    """Clips in [-1, 1] tiled per frame (``nrow`` clips per row) as a looping GIF: ``(bytes, height, width)``."""
+def gif_bytes(videos_BCTHW: torch.Tensor, fps: float) -> tuple[bytes, int, int]:
+    """Clips in [-1, 1] tiled per frame in a square-ish grid as a looping GIF: ``(bytes, height, width)``."""
     clips = ((videos_BCTHW.float().clamp(-1, 1) + 1) / 2).cpu()
     if clips.shape[1] == 1:
         clips = clips.expand(-1, 3, -1, -1, -1)
-    nrow = nrow or max(1, math.ceil(clips.shape[0] ** 0.5))
+    nrow = math.ceil(clips.shape[0] ** 0.5)
     frames = []
     for t in range(clips.shape[2]):
         grid = make_grid(clips[:, :, t], nrow=nrow, padding=1, pad_value=1.0)

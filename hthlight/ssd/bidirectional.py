@@ -112,11 +112,6 @@ def _available(name: str) -> bool:
     return importlib.util.find_spec("mamba_ssm") is not None
 
 
-def hydra_backends() -> list[str]:
-    """Backends usable in this installation (``triton`` and ``mamba_ssm`` also need CUDA tensors)."""
-    return [name for name in HYDRA_BACKENDS if _available(name)]
-
-
 def check_hydra_backend(name: str) -> None:
     """Raise a :class:`ConfigError` for an unknown backend or one whose package is missing."""
     if name == "auto":
@@ -147,9 +142,7 @@ def check_triton_shape(headdim: int, d_state: int) -> None:
         )
 
 
-def resolve_hydra_backend(
-    name: str, device: torch.device | str, headdim: int | None = None, d_state: int | None = None
-) -> str:
+def resolve_hydra_backend(name: str, device: torch.device | str, headdim: int, d_state: int) -> str:
     """The backend that runs for ``name`` on ``device``: ``auto`` is ``triton`` on CUDA, else ``torch``.
 
     ``auto`` also falls back to ``torch`` for a ``headdim``/``d_state`` the Triton kernels lack
@@ -159,6 +152,5 @@ def resolve_hydra_backend(
     check_hydra_backend(name)
     on_cuda = torch.device(device).type == "cuda"
     if name == "auto":
-        shape_ok = headdim is None or triton_supports(headdim, d_state if d_state is not None else TRITON_MIN_D_STATE)
-        name = "triton" if on_cuda and _available("triton") and shape_ok else "torch"
+        name = "triton" if on_cuda and _available("triton") and triton_supports(headdim, d_state) else "torch"
     return name if on_cuda else "torch"
