@@ -357,6 +357,8 @@ class DiffusionModule(L.LightningModule):
         if condition is not None and not isinstance(condition, Mapping):
             condition = {"label": condition}
         condition, negative = encode_prompts(condition or {}, self.encode_text)
+        if model.conditioner is not None:
+            model.conditioner.check_batch(condition)  # on the host, before the loop (no sync per step)
         condition = {k: torch.as_tensor(v).to(device) for k, v in condition.items()}
 
         def conditional(x: torch.Tensor, t_B: torch.Tensor, drop_B: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,9 @@ part mirrored, the gradients are (Mamba-2's SSD backward, Dao & Gu 2024, applied
   ``_dw_kernel``), pairs whose source is in an earlier chunk (``dy . y`` of the carried states,
   the output kernel in its ``dy``-dotted mode), pairs whose output is in a later chunk
   (``x . u`` of the adjoint states, ``_dx_kernel``), and pairs straddling the chunk
-  (``<carried state, adjoint state>``, ``_adjoint_states_kernel``). The per-token cumulative
-  sums within chunks, the softplus and the ``dt_bias``/``A`` reductions are done in PyTorch.
+  (``<carried state, adjoint state>``, ``_adjoint_states_kernel``); ``_decay_grad_kernel``
+  sums them within each chunk and applies ``A`` and the softplus' derivative, with per-chunk
+  shares of the ``dt_bias``/``A`` reductions (summed in PyTorch).
 
 Kernels: ``_adjoint_states_kernel`` (reverse sweep of ``C~ dy^T``), ``_dx_kernel`` (``dx``,
 ``x.u``, ``dd``), ``_dw_kernel`` (the in-chunk weights ``W[t, s]`` of dB/dC summed over a group's
@@ -335,6 +336,54 @@ def _dbc_kernel(
         tl.store(out + 3 * G * N + rb[:, None] * s_ol, acc_b, mask=(rb < L)[:, None] & nmask[None, :])
 
 
+@triton.jit
+def _decay_grad_kernel(
+    wst_ptr, rows_ptr, cols_ptr, scal_ptr, dt_ptr, cross_ptr, raw_ptr, bias_ptr, A_ptr, draw_ptr, part_ptr,
+    L, H, NC, Lp, NB,
+    s_rb, s_rl,
+    Q: tl.constexpr, NT: tl.constexpr,
+):
+    """One chunk and head: the decay gradient ``da`` of both parts from its four pieces (module
+    docstring), then ``ddt = x.u + A da`` and ``d dt_raw = ddt sigmoid(raw + dt_bias)`` (stored
+    in ``draw``, laid out like ``dt_raw``), and this chunk's shares of ``dA`` and ``d dt_bias``
+    (``part``: (B, H, NC, 2) float32)."""
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    c = tl.program_id(2)
+    t = c * Q + tl.arange(0, Q)
+    valid = t < L
+    A = tl.load(A_ptr + h).to(tl.float32)
+    bias = tl.load(bias_ptr + h).to(tl.float32)
+    dA = 0.0
+    dbias = 0.0
+    for d in tl.static_range(2):
+        base = ((b * 2 + d) * H + h) * Lp
+        w = tl.load(wst_ptr + base + t)  # dy . y from carried states
+        z_in = tl.zeros([Q], dtype=tl.float32)
+        for i in tl.static_range(NT):  # + the in-chunk pairs, summed over the column / row tiles
+            w += tl.load(rows_ptr + (((b * 2 + d) * H + h) * NT + i) * Lp + t)
+            z_in += tl.load(cols_ptr + (((b * 2 + d) * H + h) * NT + i) * Lp + t)
+        dt = tl.load(dt_ptr + base + t)
+        xu = tl.load(scal_ptr + ((b * 5 + d) * H + h) * Lp + t)
+        z_out = dt * tl.load(scal_ptr + ((b * 5 + 3 + d) * H + h) * Lp + t)
+        through = 0.0
+        for nb in range(0, NB):
+            through += tl.load(cross_ptr + (((b * 2 + d) * H + h) * NB + nb) * NC + c)
+        if d == 0:  # forward part: pairs s < r < t
+            da = (tl.cumsum(w, 0, reverse=True) - w) - tl.cumsum(z_in, 0, reverse=True) \
+                + (tl.cumsum(z_out, 0) - z_out) + through
+        else:  # backward part: pairs t < r < s
+            da = (tl.cumsum(w, 0) - w) - tl.cumsum(z_in, 0) + (tl.cumsum(z_out, 0, reverse=True) - z_out) + through
+        raw = tl.load(raw_ptr + b * s_rb + t * s_rl + d * H + h, mask=valid, other=0.0).to(tl.float32) + bias
+        draw = tl.where(valid, (xu + A * da) * tl.sigmoid(raw), 0.0)  # softplus' = sigmoid
+        tl.store(draw_ptr + (b * L + t) * 2 * H + d * H + h, draw.to(draw_ptr.dtype.element_ty), mask=valid)
+        dA += tl.sum(tl.where(valid, dt * da, 0.0), axis=0)
+        dbias += tl.sum(draw, axis=0)
+    out = part_ptr + ((b * H + h) * NC + c) * 2
+    tl.store(out, dA)
+    tl.store(out + 1, dbias)
+
+
 def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
     """Gradients of :func:`hydra_scan_fwd` for ``(x, dt_raw, dt_bias, A, BC, diag)``."""
     batch, seqlen, nheads, headdim = x.shape
@@ -397,37 +446,18 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
 
     # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring),
     # chunk by chunk so that no sum runs over more than one chunk (no cancellation over L).
-    def chunked(v):  # (B, 2, H, Lp) -> (B, 2, H, NC, Q)
-        return v.unflatten(-1, (nchunks, q))
-
-    def before(v):  # sum over earlier tokens of the chunk
-        return v.cumsum(-1) - v
-
-    def after(v):  # sum over later tokens of the chunk
-        return v.flip(-1).cumsum(-1).flip(-1) - v
-
-    dt = parts.dt  # (B, 2, H, Lp), zero past L
-    w = chunked(pair_rows.sum(3) + w)  # dy_t . y_t per part: in-chunk pairs + carried states
-    z_in = chunked(pair_cols.sum(3))  # dt_s x_s . u_s per part from in-chunk pairs
-    z_out = chunked(dt * scal[:, 3:5])  # ... from pairs whose output is in another chunk
-    through = cross.sum(3)[..., None]  # (B, 2, H, NC, 1): pairs that straddle the whole chunk
-    # forward part: pairs s < r < t; backward part: pairs t < r < s
-    da_f = after(w[:, 0]) - (after(z_in[:, 0]) + z_in[:, 0]) + before(z_out[:, 0]) + through[:, 0]
-    da_b = before(w[:, 1]) - (before(z_in[:, 1]) + z_in[:, 1]) + after(z_out[:, 1]) + through[:, 1]
-    da = torch.stack([da_f, da_b], dim=1).flatten(-2)[..., :seqlen]
-    dt = dt[..., :seqlen]
-    xu = scal[:, :2, :, :seqlen]  # x . u_f, x . u_b
-    A32 = A.float()
-    ddt = xu + A32[None, None, :, None] * da  # (B, 2, H, L)
-    dA = (dt * da).sum(dim=(0, 1, 3))
-    raw = dt_raw.float().unflatten(-1, (2, nheads)).permute(0, 2, 3, 1) + dt_bias.float()[None, None, :, None]
-    draw = ddt * torch.sigmoid(raw)  # softplus'
-    ddt_bias = draw.sum(dim=(0, 1, 3))
-    ddt_raw = draw.permute(0, 3, 1, 2).flatten(2)  # (B, L, 2H)
+    ddt_raw = torch.empty(batch, seqlen, 2 * nheads, device=device, dtype=dt_raw.dtype)
+    part = torch.empty(batch, nheads, nchunks, 2, device=device, dtype=torch.float32)
+    _decay_grad_kernel[(batch, nheads, nchunks)](
+        w, pair_rows, pair_cols, scal, parts.dt, cross, dt_raw, dt_bias, A, ddt_raw, part,
+        seqlen, nheads, nchunks, lp, n_blocks, dt_raw.stride(0), dt_raw.stride(1),
+        Q=q, NT=q // bt, num_warps=4,
+    )
+    dA, ddt_bias = part.sum(dim=(0, 2)).unbind(-1)
     ddiag = scal[:, 2, :, :seqlen].transpose(1, 2)  # (B, L, H)
     return (
         dx,
-        ddt_raw.to(dt_raw.dtype),
+        ddt_raw,
         ddt_bias.to(dt_bias.dtype),
         dA.to(A.dtype),
         dbc.to(out_dtypes[1]),

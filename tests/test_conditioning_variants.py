@@ -268,3 +268,19 @@ def test_text_conditioning_trains_end_to_end():
     assert model.conditioner.pooled_projection.weight.grad is not None
     assert all(block.cross_attention.kv.weight.grad is not None for block in model.blocks)
     assert math.isfinite(float(model.t_block[1].weight.grad.norm()))
+
+
+def test_out_of_range_labels_are_rejected_on_the_host_before_sampling():
+    from test_resume import tiny_module
+
+    from hthlight.conditioning.labels import ClassLabelConditioner
+
+    conditioner = ClassLabelConditioner(dim=8, num_classes=10)
+    for labels in ([3, 10], torch.tensor([-1, 2])):
+        with pytest.raises(ValueError, match=r"class labels must be in \[0, 9\], got range"):
+            conditioner({"label": labels})
+    assert conditioner({"label": torch.tensor([0, 9])}).vector_BD.shape == (2, 8)
+    module = tiny_module()
+    module.configure_model()
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 9\], got range \[0, 12\]"):
+        module.generate(torch.tensor([0, 12]), [0, 1])

@@ -297,3 +297,14 @@ def test_empty_class_folder_is_named(folder):
 def test_image_folder_rejects_bad_channels(folder):
     with pytest.raises(ConfigError, match=re.escape("channels must be 1 (grayscale) or 3 (RGB), got 2")):
         ImageFolderDataModule(root=str(folder["root"]), channels=2)
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_training_loaders_pin_batches_only_when_cuda_is_present(monkeypatch, folder, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    digits = DigitsDataModule(image_size=8, batch_size=4, num_workers=0)
+    images = ImageFolderDataModule(str(folder["root"]), image_size=8, batch_size=2)
+    for data in (digits, images):
+        data.setup("fit")
+        loaders = (data.train_dataloader(), data.val_dataloader())
+        assert [loader.pin_memory for loader in loaders] == [cuda, cuda]

@@ -28,12 +28,13 @@ sys.path.insert(0, {tests!r})
 import lightning as L, torch
 from test_resume import digits, tiny_module, trainer
 from test_ddp_cpu import LossRecorder, STEPS
-from hthlight.callbacks import PredictionWriter
+from hthlight.callbacks import PredictionWriter, SampleGridLogger
 
 out = sys.argv[1]
 L.seed_everything(0)
 module, recorder = tiny_module(), LossRecorder()
-t = trainer(out, max_steps=STEPS, strategy="ddp", devices=2, callbacks=[recorder], limit_train_batches=None)
+grids = SampleGridLogger(every_n_steps=2, samples_per_class=1, steps=2)  # samples on every rank, rank 0 writes
+t = trainer(out, max_steps=STEPS, strategy="ddp", devices=2, callbacks=[recorder, grids], limit_train_batches=None)
 t.fit(module, datamodule=digits(8))
 data = digits(8)
 data.requests.samples_per_class, data.predict_batch_size = 1, 2  # 10 requests over 2 ranks, odd batches
@@ -91,6 +92,7 @@ def test_ddp_two_cpu_processes_match_one_process_with_same_global_batch(tmp_path
     assert worst <= TOLERANCE, worst
     moved = (ddp_state["denoiser.final.linear.weight"] != 0).any()  # zero-initialised: training moved it
     assert moved
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000002.png", "step_0000003.png"]
 
     # predict: every request exactly once across the two ranks (no duplicates, no gaps)
     lines = (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()

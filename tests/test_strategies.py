@@ -108,7 +108,8 @@ def test_weight_decay_groups_do_not_depend_on_wrapping():
 
 # ------------------------------------------------------------------ GPU: FSDP on 2 GPUs
 FSDP_SCRIPT = """
-import json, sys
+import faulthandler, json, sys
+faulthandler.dump_traceback_later(200, exit=True)  # a hung collective prints every thread's stack
 sys.path.insert(0, {tests!r})
 import lightning as L, torch
 from test_resume import digits, tiny_module, trainer

@@ -84,16 +84,16 @@ class SampleGridLogger(L.Callback):
         # (bf16 autocast) lets FSDP's bf16 parameters meet the float32 noise
         with trainer.precision_plugin.forward_context():
             grid = self.grid(pl_module)
-        self._write(trainer, grid)
+        # trainer.log_dir broadcasts from rank 0: every rank must ask, not only the writing one
+        self._write(trainer, grid, trainer.log_dir or trainer.default_root_dir)
 
     @rank_zero_only
-    def _write(self, trainer, grid: torch.Tensor) -> None:
+    def _write(self, trainer, grid: torch.Tensor, log_dir: str) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, trainer.global_step)
                 if self._videos is not None:
                     log_videos(logger.experiment, self._videos, trainer.global_step, self.fps)
-        log_dir = trainer.log_dir or trainer.default_root_dir
         out = Path(log_dir) / "samples" / f"step_{trainer.global_step:07d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, out)

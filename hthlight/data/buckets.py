@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from hthlight.data.loader_options import worker_options
 from hthlight.data.resumable import run_seed
 from hthlight.errors import ConfigError
 
@@ -295,6 +296,5 @@ def bucket_loader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate_fn,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        **worker_options(num_workers),
     )

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from hthlight.data.loader_options import worker_options
 from hthlight.data.prompts import PromptRequests
 from hthlight.data.requests import SamplingRequests, check_common_args, predict_loader
 from hthlight.data.resumable import ResumableSampler
@@ -155,8 +156,7 @@ class DigitsDataModule(L.LightningDataModule):
             # per-epoch shuffle, split over ranks by batches, that resumes mid-epoch
             sampler=ResumableSampler(train_set, batch_size=self.batch_size, drop_last=len(train_set) > self.batch_size),
             drop_last=len(train_set) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            **worker_options(self.num_workers),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -165,8 +165,7 @@ class DigitsDataModule(L.LightningDataModule):
             val_set,
             batch_size=self.batch_size,
             shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            **worker_options(self.num_workers),
         )
 
     def predict_dataloader(self) -> DataLoader:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from hthlight.data.health import SkippedSample, collate_skipping
+from hthlight.data.loader_options import worker_options
 from hthlight.data.requests import SamplingRequests, check_common_args, predict_loader
 from hthlight.data.resumable import ResumableSampler
 from hthlight.errors import ConfigError, DataError
@@ -189,8 +190,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=drop_last,
             collate_fn=collate_skipping,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            **worker_options(self.num_workers),
         )
 
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hthlight.data.grouped_sampler import GroupedBatchSampler, SampleKey, as_index, sample_generator
 from hthlight.data.health import SkippedSample, collate_skipping
+from hthlight.data.loader_options import worker_options
 from hthlight.data.requests import SamplingRequests, check_common_args, predict_loader
 from hthlight.errors import ConfigError, DataError
 
@@ -412,6 +413,5 @@ def video_loader(dataset: Dataset, batch_sampler: GroupedBatchSampler, num_worke
         dataset,
         batch_sampler=batch_sampler,
         collate_fn=collate_skipping,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        **worker_options(num_workers),
     )
