@@ -191,7 +191,12 @@ class DiffusionModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.denoiser is not None:
             return
-        self.denoiser = Denoiser(self.denoiser_config)
+        # Built on the CPU (unless inside a meta-device context for deferred init): the initial
+        # weights then depend on the seed alone. Lightning would otherwise build on the GPU for
+        # single-device and DDP runs and on the CPU for FSDP, drawing from different generators.
+        device = "meta" if torch.get_default_device().type == "meta" else "cpu"
+        with torch.device(device):
+            self.denoiser = Denoiser(self.denoiser_config)
         if self.ema_config.decay > 0:
             self.ema_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
 

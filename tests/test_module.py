@@ -136,3 +136,27 @@ def test_modules_do_not_share_their_default_settings():
     first.sampling.sampler_kwargs["eta"] = 0.5
     assert second.ema_config.use_for_sampling is True
     assert second.sampling.sampler_kwargs == {}
+
+
+def _seeded_state(device: str | None) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    module = DiffusionModule(denoiser=tiny_denoiser_config(), image_size=8)
+    if device is None:
+        module.configure_model()
+    else:
+        with torch.device(device):  # what Lightning's tensor_init_context does for one GPU or DDP
+            module.configure_model()
+    return module.denoiser.state_dict()
+
+
+def test_model_is_built_on_the_cpu_or_deferred_on_meta():
+    assert all(v.device.type == "cpu" for v in _seeded_state(None).values())
+    assert all(v.device.type == "meta" for v in _seeded_state("meta").values())  # FSDP's deferred init
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_initial_weights_depend_on_the_seed_not_on_the_default_device():
+    on_cpu, under_cuda = _seeded_state(None), _seeded_state("cuda")
+    for key, value in on_cpu.items():
+        assert torch.equal(under_cuda[key], value), key
