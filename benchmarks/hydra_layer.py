@@ -2,14 +2,18 @@
 
 Usage (on a CUDA machine)::
 
-    python benchmarks/hydra_layer.py [--shapes 5b xl] [--tokens 4096 16384 ...] [--out results.json]
+    python benchmarks/hydra_layer.py [--shapes 5b xl] [--tokens 4096 16384 ...] [--cuda-graph] [--out results.json]
 
 Rows: ``triton`` (hthlight's fused bidirectional kernels), ``torch`` (hthlight's reference
 path; only up to --torch-max-tokens), ``mamba_ssm`` (the public arrangement: doubled batch over
 the Mamba-2 kernels, when ``mamba_ssm`` is importable), ``attention`` (qkv projection, SDPA,
 output projection, as in ANCHORS.md) and ``scan`` (the Triton mixing kernels alone, forward).
-bf16 weights and activations, batch 1, median of ``triton.testing.do_bench``. Prints a
-markdown table; ``--out`` also writes every figure as JSON.
+``--cuda-graph`` adds ``triton+graph`` and ``attention+graph`` rows: the same layers replayed from
+CUDA graphs (forward: :class:`hthlight.diffusion.cuda_graphs.CUDAGraphed`, as sampling uses it;
+forward+backward: ``torch.cuda.make_graphed_callables``), i.e. the device time without the host's
+launch overhead, which dominates at batch 1 and few tokens.
+bf16 weights and activations, batch 1, median of ``triton.testing.do_bench``. Prints a markdown
+table; ``--out`` also writes every figure as JSON.
 """
 
 from __future__ import annotations
@@ -81,6 +85,30 @@ def measure(layer: nn.Module, x: torch.Tensor, backward: bool) -> dict[str, floa
     return out
 
 
+def measure_graphed(layer: nn.Module, x: torch.Tensor, backward: bool) -> dict[str, float]:
+    """:func:`measure` with the forward, and the forward+backward, replayed from CUDA graphs."""
+    from hthlight.diffusion.cuda_graphs import CUDAGraphed
+
+    out: dict[str, float] = {}
+    forward = CUDAGraphed(layer)
+    with torch.no_grad():
+        forward(x)
+        if forward.captures != 1:
+            raise RuntimeError("the forward could not be captured in a CUDA graph")
+        out["fwd_ms"] = bench(lambda: forward(x))
+    if backward:
+        xg = x.detach().requires_grad_(True)
+        dy = torch.randn_like(x)
+        graphed = torch.cuda.make_graphed_callables(layer, (xg,))
+
+        def step():
+            graphed(xg).backward(dy)
+
+        out["fwd_bwd_ms"] = bench(step)
+        out["fwd_bwd_peak_mib"] = peak_memory_mib(step)
+    return out
+
+
 def hydra_layer(dim: int, d_state: int, backend: str, chunk_size: int) -> nn.Module:
     layer = HydraMixer(
         dim, d_state=d_state, headdim=64, expand=2, ngroups=1, d_conv=7, chunk_size=chunk_size, backend=backend
@@ -115,6 +143,7 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=128)
     parser.add_argument("--torch-max-tokens", type=int, default=16384)
     parser.add_argument("--backward-max-tokens", type=int, default=65536)
+    parser.add_argument("--cuda-graph", action="store_true", help="also time triton and attention from CUDA graphs")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -142,6 +171,16 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if args.cuda_graph and name in ("triton", "attention"):
+                    row = {"shape": shape, "tokens": tokens, "layer": f"{name}+graph"}
+                    try:
+                        run = layer.mix_sequence if isinstance(layer, HydraMixer) else layer
+                        row.update(measure_graphed(_Call(run, layer), x, backward=tokens <= args.backward_max_tokens))
+                    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+                        row["error"] = str(exc).splitlines()[0][:80]
+                    torch.cuda.empty_cache()
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
             rows.append({"shape": shape, "tokens": tokens, "layer": "scan", "fwd_ms": scan_only(layers["triton"], x)})
             print(json.dumps(rows[-1]), flush=True)
     meta = {

@@ -87,7 +87,7 @@ def _gated_rmsnorm_kernel(
     w_ptr,
     out_ptr,
     D,
-    eps,
+    eps: tl.constexpr,  # a literal: torch.compile would pass a float argument as fp64
     s_y,
     s_z,
     BD: tl.constexpr,
@@ -243,7 +243,7 @@ def _gated_rmsnorm_bwd_kernel(
     R,
     L,
     D,
-    eps,
+    eps: tl.constexpr,  # a literal: torch.compile would pass a float argument as fp64
     s_ob,
     s_ol,
     s_yb,
