@@ -40,11 +40,20 @@ class ScanOrder:
         """Return the LongTensor ``perm`` (CPU, length ``t*h*w``): position i scans token perm[i]."""
         raise NotImplementedError
 
+    def is_identity(self, t: int, h: int, w: int) -> bool | None:
+        """Whether the scan keeps the canonical order on this grid, if known without building it.
+
+        ``None`` (the default) means unknown: mixers then compare the built permutation. Override
+        it where the answer follows from the shape (as :class:`AxisScan` does), so that a compiled
+        model needs no data-dependent check.
+        """
+        return None
+
     def permutation(self, t: int, h: int, w: int, device: torch.device | str | None = None) -> torch.Tensor:
-        return _cached(self, check_grid((t, h, w)), torch.device(device or "cpu"), inverse=False)
+        return _index(self, check_grid((t, h, w)), torch.device(device or "cpu"), inverse=False)
 
     def inverse(self, t: int, h: int, w: int, device: torch.device | str | None = None) -> torch.Tensor:
-        return _cached(self, check_grid((t, h, w)), torch.device(device or "cpu"), inverse=True)
+        return _index(self, check_grid((t, h, w)), torch.device(device or "cpu"), inverse=True)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -55,6 +64,14 @@ class ScanOrder:
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(sorted(vars(self).items()))))
+
+
+def _index(scan: ScanOrder, grid: Grid, device: torch.device, inverse: bool) -> torch.Tensor:
+    # Under torch.compile the index is built inside the graph (a few index ops) instead of read
+    # from the cache: Dynamo cannot use an lru_cache and would trace through it with a warning.
+    if torch.compiler.is_compiling():
+        return _build(scan, grid, device, inverse)
+    return _cached(scan, grid, device, inverse)
 
 
 @functools.lru_cache(maxsize=256)
@@ -68,7 +85,11 @@ def _cached(scan: ScanOrder, grid: Grid, device: torch.device, inverse: bool) ->
 def _build(scan: ScanOrder, grid: Grid, device: torch.device, inverse: bool) -> torch.Tensor:
     perm = scan.order(*grid).to(torch.long)
     n = grid[0] * grid[1] * grid[2]
-    if perm.shape != (n,) or not torch.equal(torch.sort(perm).values, torch.arange(n)):
+    if perm.shape != (n,):
+        raise ValueError(f"{scan!r}.order{grid} is not a permutation of {n} tokens")
+    # torch.compile traces the lookup (it looks through lru_cache) and builds the order in the graph;
+    # it skips this data-dependent check, which would split the graph (eager calls always check).
+    if not torch.compiler.is_compiling() and not torch.equal(torch.sort(perm).values, torch.arange(n)):
         raise ValueError(f"{scan!r}.order{grid} is not a permutation of {n} tokens")
     if inverse:
         perm = torch.argsort(perm)
@@ -83,6 +104,11 @@ class AxisScan(ScanOrder):
     def order(self, t: int, h: int, w: int) -> torch.Tensor:
         index_thw = torch.arange(t * h * w).reshape(t, h, w)
         return index_thw.permute(*(_AXES.index(a) for a in self.axes)).reshape(-1)
+
+    def is_identity(self, t: int, h: int, w: int) -> bool:
+        # axes of length 1 do not matter; the others must keep the canonical (t, h, w) order
+        sizes = dict(zip(_AXES, (t, h, w)))
+        return [a for a in self.axes if sizes[a] != 1] == [a for a in _AXES if sizes[a] != 1]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(axes={''.join(self.axes)})"

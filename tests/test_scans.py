@@ -81,3 +81,23 @@ def test_permutations_first_built_under_inference_mode_still_train():
         mixer(x, (1, 3, 7))
     mixer(x.requires_grad_(), (1, 3, 7)).sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("name", ["h", "v", "ht", "vt", "th", "tv"])
+def test_axis_scans_know_when_they_are_the_identity(name):
+    """The shape-only answer (what a compiled model uses) agrees with the built permutation."""
+    scan = hthlight.build("scan", name)
+    for grid in itertools.product([1, 2, 3], repeat=3):
+        perm = scan.permutation(*grid)
+        assert scan.is_identity(*grid) == torch.equal(perm, torch.arange(perm.numel())), grid
+
+
+def test_custom_scans_without_a_shape_rule_are_compared_as_built():
+    from hthlight.mixers.base import _is_identity
+
+    class Reversed(ScanOrder):
+        def order(self, t, h, w):
+            return torch.arange(t * h * w).flip(0)
+
+    assert Reversed().is_identity(1, 1, 4) is None
+    assert not _is_identity(Reversed(), (1, 1, 4)) and _is_identity(Reversed(), (1, 1, 1))

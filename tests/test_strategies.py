@@ -162,3 +162,19 @@ def test_fsdp_two_gpus_matches_one_gpu_with_same_global_batch(tmp_path):
     for key, value in states["single"].items():  # the shard-local EMA equals the unsharded one
         torch.testing.assert_close(states["fsdp"][key].cpu(), value.cpu(), rtol=0, atol=1e-4, msg=key)
     assert list((tmp_path / "fsdp").rglob("step_*.png"))  # sampling ran on every rank, written by rank 0
+
+
+def test_compiled_scanning_blocks_are_one_graph_and_match_eager():
+    """Scan indices and the identity test are traced, not graph breaks; every scan order stays exact."""
+    scans = ["h", "v", "th", "tv"]
+    hydra = {"name": "hydra", "d_state": 16, "headdim": 16, "chunk_size": 32}
+    layout = [{"mixer": hydra, "scans": scans, "repeat": len(scans)}, {"mixer": {"name": "attention", "num_heads": 2}}]
+    torch.manual_seed(0)
+    denoiser = Denoiser({"in_channels": 1, "dim": 32, "layout": layout})
+    c_BD = torch.randn(2, 32)
+    for block in denoiser.blocks:
+        torch._dynamo.reset()
+        traced = torch.compile(block, backend="eager", fullgraph=True)  # fullgraph: a break is an error
+        for grid in [(2, 4, 8), (1, 8, 4), (1, 1, 16)]:  # the last grid: h and v scans are the identity
+            x_BLD = torch.randn(2, grid[0] * grid[1] * grid[2], 32)
+            torch.testing.assert_close(traced(x_BLD, grid, c_BD=c_BD), block(x_BLD, grid, c_BD=c_BD), rtol=0, atol=1e-6)

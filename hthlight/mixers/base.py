@@ -18,8 +18,17 @@ from hthlight.registry import build_from_spec
 from hthlight.scans import Grid, ScanOrder, check_grid
 
 
-@functools.lru_cache(maxsize=256)
 def _is_identity(scan: ScanOrder, grid: Grid) -> bool:
+    known = scan.is_identity(*grid)
+    if known is not None:
+        return known
+    if torch.compiler.is_compiling():  # no data-dependent check in a graph; permuting is always right
+        return False
+    return _is_identity_cached(scan, grid)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_identity_cached(scan: ScanOrder, grid: Grid) -> bool:
     perm = scan.permutation(*grid)
     return bool(torch.equal(perm, torch.arange(perm.numel())))
 

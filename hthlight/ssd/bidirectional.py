@@ -22,7 +22,6 @@ Backends:
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from collections.abc import Callable
 
@@ -103,13 +102,17 @@ HYDRA_BACKENDS: dict[str, MixFn] = {
 }
 
 
-@functools.cache  # asked on every forward: look the packages up once
+# Asked on every forward: the packages are looked up once, at import (a plain dict, which
+# torch.compile reads as a constant).
+_INSTALLED = {
+    "torch": True,
+    "triton": importlib.util.find_spec("triton") is not None,
+    "mamba_ssm": importlib.util.find_spec("mamba_ssm") is not None,
+}
+
+
 def _available(name: str) -> bool:
-    if name == "torch":
-        return True
-    if name == "triton":
-        return importlib.util.find_spec("triton") is not None
-    return importlib.util.find_spec("mamba_ssm") is not None
+    return _INSTALLED[name]
 
 
 def check_hydra_backend(name: str) -> None:
