@@ -6,7 +6,8 @@ Usage (on a CUDA machine)::
 
 Rows: ``triton`` (hthlight's fused bidirectional kernels), ``torch`` (hthlight's reference
 path; only up to --torch-max-tokens), ``mamba_ssm`` (the public arrangement: doubled batch over
-the Mamba-2 kernels, when ``mamba_ssm`` is importable), ``attention`` (qkv projection, SDPA,
+the Mamba-2 kernels, when ``mamba_ssm`` is importable; ``benchmarks/mamba_ssm_triton.py`` makes
+its Triton kernels importable where its CUDA extensions cannot be built), ``attention`` (qkv projection, SDPA,
 output projection, as in ANCHORS.md) and ``scan`` (the Triton mixing kernels alone, forward).
 ``--cuda-graph`` adds ``triton+graph`` and ``attention+graph`` rows: the same layers replayed from
 CUDA graphs (forward: :class:`hthlight.diffusion.cuda_graphs.CUDAGraphed`, as sampling uses it;

@@ -143,3 +143,37 @@ def test_bad_input_is_one_line_exit_2(argv, message, capsys):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_mamba_ssm_triton_helper_copies_sources_with_an_import_free_init(tmp_path):
+    """benchmarks/mamba_ssm_triton.py: the package imports without its CUDA extension."""
+    import importlib.util
+    import io
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    files = {
+        "mamba_ssm-9.9/setup.py": "",
+        "mamba_ssm-9.9/mamba_ssm/__init__.py": '__version__ = "9.9"\nimport selective_scan_cuda\n',
+        "mamba_ssm-9.9/mamba_ssm/ops/triton/ssd_combined.py": "def mamba_chunk_scan_combined():\n    return 42\n",
+        "mamba_ssm-9.9/mamba_ssm/csrc/kernel.cu": "// not copied",
+    }
+    sdist = tmp_path / "mamba_ssm-9.9.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "mamba_ssm_triton.py"
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, str(script), str(sdist), "--target", str(site)], check=True)
+    check = (
+        "import mamba_ssm; from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as f; "
+        "print(mamba_ssm.__version__, f())"
+    )
+    out = subprocess.run([sys.executable, "-c", check], env={"PYTHONPATH": str(site)}, capture_output=True, text=True)
+    assert out.stdout.split() == ["9.9", "42"], out.stderr
+    assert not (site / "mamba_ssm" / "csrc").exists()
+    assert importlib.util.find_spec("selective_scan_cuda") is None  # the import that was removed cannot work here
