@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import lightning as L
+import torch._dynamo
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from torch import nn
 
@@ -145,10 +146,25 @@ def apply_block_options(
                 compile_blocks(model, compile_mode)
 
 
+#: Grids (token-grid shapes) each kind of block may be compiled for before Dynamo runs it eagerly.
+GRIDS_PER_BLOCK_KIND = 8
+
+
 def compile_blocks(model: nn.Module, mode: str | None = None) -> nn.Module:
-    """``torch.compile`` every block (``checkpoint_unit``) of ``model`` in place; returns ``model``."""
-    for module in list(model.modules()):
-        if is_checkpoint_unit(module) and not compiled(module):
+    """``torch.compile`` every block (``checkpoint_unit``) of ``model`` in place; returns ``model``.
+
+    All blocks share one code object, and Dynamo keeps one compiled entry per kind of block
+    (mixer class and scan order) and token grid, up to ``recompile_limit`` entries (8 by default)
+    in all; past it, calls run eagerly with a warning. The limit is raised to
+    :data:`GRIDS_PER_BLOCK_KIND` entries per kind of block, so an HTH model (4 scans and
+    attention) keeps compiled code for up to 8 grids, e.g. aspect-ratio buckets.
+    """
+    blocks = [m for m in model.modules() if is_checkpoint_unit(m)]
+    kinds = {(type(getattr(b, "mixer", b)), repr(getattr(getattr(b, "mixer", None), "scan", None))) for b in blocks}
+    limit = GRIDS_PER_BLOCK_KIND * max(1, len(kinds))
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    for module in blocks:
+        if not compiled(module):
             module.compile(mode=mode)
     return model
 

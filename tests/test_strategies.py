@@ -17,6 +17,7 @@ from test_resume import tiny_module
 from hthlight.models.blocks import DenoiserBlock
 from hthlight.models.denoiser import Denoiser
 from hthlight.strategies import (
+    GRIDS_PER_BLOCK_KIND,
     BlockDDPStrategy,
     BlockFSDPStrategy,
     apply_block_options,
@@ -85,7 +86,10 @@ def test_activation_checkpointing_keeps_names_and_gradients():
 def test_compile_option_compiles_each_block_in_place():
     module = tiny_module()
     module.configure_model()
-    apply_block_options(module, compile=True)
+    with torch._dynamo.config.patch(recompile_limit=8):
+        apply_block_options(module, compile=True)
+        # one Hydra and one attention kind of block: room for 8 grids each in the shared code's cache
+        assert torch._dynamo.config.recompile_limit == 2 * GRIDS_PER_BLOCK_KIND
     assert all(compiled(block) for block in module.denoiser.blocks)
     assert all(compiled(block) for block in module.ema_denoiser.blocks)
 
