@@ -87,8 +87,8 @@ def _build(scan: ScanOrder, grid: Grid, device: torch.device, inverse: bool) -> 
     n = grid[0] * grid[1] * grid[2]
     if perm.shape != (n,):
         raise ValueError(f"{scan!r}.order{grid} is not a permutation of {n} tokens")
-    # torch.compile traces the lookup (it looks through lru_cache) and builds the order in the graph;
-    # it skips this data-dependent check, which would split the graph (eager calls always check).
+    # Under torch.compile (see _index) the order is built in the graph, without this data-dependent
+    # check, which would split the graph; eager calls always check.
     if not torch.compiler.is_compiling() and not torch.equal(torch.sort(perm).values, torch.arange(n)):
         raise ValueError(f"{scan!r}.order{grid} is not a permutation of {n} tokens")
     if inverse:
