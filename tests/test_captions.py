@@ -267,7 +267,12 @@ def test_exact_resume_mid_epoch_continues_with_the_remaining_batches(caption_roo
         if dirpath:
             callbacks.append(ModelCheckpoint(dirpath=dirpath, save_last=True, every_n_train_steps=1))
         trainer = L.Trainer(
-            max_steps=max_steps, logger=False, enable_progress_bar=False, callbacks=callbacks, enable_checkpointing=True
+            max_steps=max_steps,
+            logger=False,
+            enable_progress_bar=False,
+            callbacks=callbacks,
+            enable_checkpointing=True,
+            default_root_dir=tmp_path,  # the default checkpoint callback writes here, not into the working directory
         )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         return module.seen
