@@ -91,6 +91,8 @@ def test_demo_config_fits_reports_skips_and_predicts_mp4(manifest, tmp_path):
         "[0, 7]",
         "--trainer.logger",
         "false",
+        "--trainer.default_root_dir",
+        str(tmp_path / "predict"),  # the resolved config goes here, not into the repository's runs/
         "--trainer.callbacks",
         f"[{{class_path: hthlight.callbacks.PredictionWriter, init_args: {{output_dir: {out}, fps: 4}}}}]",
         *TINY,
