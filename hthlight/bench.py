@@ -28,6 +28,8 @@ from hthlight.diffusion.cuda_graphs import CUDAGraphed
 from hthlight.errors import ConfigError
 from hthlight.models import presets
 from hthlight.models.denoiser import Denoiser, DenoiserConfig
+from hthlight.module import OptimizerConfig, build_adamw
+from hthlight.ssd.bidirectional import chunk_size_for
 from hthlight.strategies import compile_blocks
 
 Grid = tuple[int, int, int]
@@ -116,7 +118,7 @@ def mixer_flops(mixer: torch.nn.Module, tokens: int) -> int:
 
     attention: ``8 L D^2`` (qkv + output projection) ``+ 4 L^2 D`` (QK^T and AV).
     Hydra (Hwang et al. 2024) with inner width E, H heads of P channels, G groups, state N, chunk
-    Q = min(chunk_size, L): in_proj ``2 L D (2E + 4GN + 2H)``, fc_D ``2 L E H``, out_proj
+    Q = min(chunk_size, L) (unset: the Triton default): in_proj ``2 L D (2E + 4GN + 2H)``, fc_D ``2 L E H``, out_proj
     ``2 L E D``, and per scan direction (x2) the chunked SSD algorithm (Dao & Gu 2024, sec. 6):
     ``C B^T`` within chunks ``2 L Q G N``, its masked product with x ``2 L Q H P``, chunk states
     ``B^T x`` ``2 L N H P`` and state outputs ``C h`` ``2 L N H P``.
@@ -130,7 +132,7 @@ def mixer_flops(mixer: torch.nn.Module, tokens: int) -> int:
         return _linear_flops(length, d, 3 * d) + _linear_flops(length, d, d) + 4 * length * length * d
     if isinstance(mixer, HydraMixer):
         e, h, p, g, n = mixer.d_inner, mixer.nheads, mixer.headdim, mixer.ngroups, mixer.d_state
-        q = min(mixer.chunk_size, length)
+        q = min(chunk_size_for("triton", mixer.chunk_size), length)  # unset: the chunk that runs on a GPU
         projections = (
             _linear_flops(length, mixer.dim, 2 * e + 4 * g * n + 2 * h)
             + _linear_flops(length, e, h)
@@ -289,7 +291,7 @@ def train_step_seconds(
     warmup: int = 1,
 ) -> float:
     """Mean seconds of one AdamW step (forward + MSE loss + backward + update) over ``steps`` steps."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = build_adamw([{"params": list(model.parameters())}], OptimizerConfig())  # as `hthlight fit` builds it
     batch = make_batch(model, batch_size, device, context_tokens)
     x = torch.randn(latent_shape(model.config, grid, batch_size), device=device)
     target = torch.randn_like(x)

@@ -49,6 +49,10 @@ class OptimizerConfig:
         warmup_steps: linear warm-up steps from 0 to ``lr``.
         schedule: ``cosine`` decay to ``min_lr_ratio * lr`` at the last step, or ``constant``.
         min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine).
+        fused: AdamW's fused CUDA kernel (one launch for the whole update) instead of the
+            multi-tensor one; ``null`` (default) fuses when every parameter is on CUDA, except
+            under float16 mixed precision (Lightning refuses gradient clipping for a fused
+            optimizer that unscales its own gradients).
     """
 
     lr: float = 1e-4
@@ -58,6 +62,17 @@ class OptimizerConfig:
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
+    fused: bool | None = None
+
+
+def build_adamw(param_groups: list[dict[str, Any]], cfg: OptimizerConfig, fp16_amp: bool = False) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` over ``param_groups`` as ``cfg`` says; ``fused: null`` fuses on CUDA without fp16 AMP."""
+    params = [p for group in param_groups for p in group["params"]]
+    on_cuda = bool(params) and all(p.is_cuda for p in params)
+    fused = cfg.fused if cfg.fused is not None else on_cuda and not fp16_amp
+    if fused and not on_cuda:
+        raise ConfigError("optimizer.fused: true needs every parameter on CUDA; use null (automatic) or false")
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
 @dataclass
@@ -308,7 +323,8 @@ class DiffusionModule(L.LightningModule):
                 continue
             (no_decay if clean_name(name) in exempt_names else decay).append(param)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        fp16_amp = self._trainer is not None and str(self.trainer.precision).startswith("16")
+        optimizer = build_adamw(groups, cfg, fp16_amp=fp16_amp)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         schedule = lr_lambda(cfg, total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -206,11 +206,28 @@ def test_registry_builds_hydra():
         ({"headdim": 5}, r"headdim must divide expand \* dim = 16.*Allowed: 1, 2, 4, 8, 16"),
         ({"headdim": 4, "ngroups": 3}, r"ngroups must divide the number of heads \(4.*Allowed: 1, 2, 4"),
         ({"backend": "cuda"}, r"unknown Hydra backend 'cuda'; allowed: auto, torch, triton, mamba_ssm"),
+        ({"chunk_size": 0}, r"chunk_size must be positive integers \(chunk_size may be null.*chunk_size=0"),
     ],
 )
 def test_bad_config(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         HydraMixer(8, **{**SMALL, **kwargs})
+
+
+def test_unset_chunk_size_takes_the_backends_default(monkeypatch):
+    """``chunk_size: null`` runs each backend with its own tiling (Triton 128, the others 256)."""
+    from hthlight.ssd import bidirectional
+
+    assert bidirectional.chunk_size_for("triton", None) == 128
+    assert bidirectional.chunk_size_for("torch", None) == 256
+    assert bidirectional.chunk_size_for("triton", 64) == 64
+    seen = []
+    reference = bidirectional.HYDRA_BACKENDS["torch"]
+    monkeypatch.setitem(bidirectional.HYDRA_BACKENDS, "torch", lambda *args: seen.append(args[-1]) or reference(*args))
+    unset, explicit = make_mixer(chunk_size=None), make_mixer(chunk_size=256)
+    u = torch.randn(2, 300, 8, dtype=torch.float64)
+    torch.testing.assert_close(unset(u, (1, 15, 20)), explicit(u, (1, 15, 20)), rtol=0, atol=0)
+    assert seen == [256, 256]
 
 
 def test_norms():

@@ -11,7 +11,7 @@ from conftest import tiny_denoiser_config
 
 from hthlight.ema import ema_decay, ema_update
 from hthlight.errors import ConfigError
-from hthlight.module import DiffusionModule, OptimizerConfig, lr_lambda
+from hthlight.module import DiffusionModule, OptimizerConfig, build_adamw, lr_lambda
 
 
 def tiny_module(**overrides) -> DiffusionModule:
@@ -160,3 +160,25 @@ def test_initial_weights_depend_on_the_seed_not_on_the_default_device():
     on_cpu, under_cuda = _seeded_state(None), _seeded_state("cuda")
     for key, value in on_cpu.items():
         assert torch.equal(under_cuda[key], value), key
+
+
+def test_adamw_fuses_only_on_cuda_and_refuses_fused_on_cpu():
+    """``optimizer.fused: null`` picks the fused kernel only for CUDA parameters; ``true`` on CPU is an error."""
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert not build_adamw([{"params": params}], OptimizerConfig()).defaults["fused"]
+    assert not build_adamw([{"params": params}], OptimizerConfig(fused=False)).defaults["fused"]
+    with pytest.raises(ConfigError, match=r"optimizer.fused: true needs every parameter on CUDA"):
+        build_adamw([{"params": params}], OptimizerConfig(fused=True))
+    module = tiny_module(optimizer={"fused": None})
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert not optimizer.defaults["fused"]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.denoiser.parameters()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_adamw_is_fused_on_cuda_but_not_under_fp16_amp():
+    params = [torch.nn.Parameter(torch.zeros(3, device="cuda"))]
+    assert build_adamw([{"params": params}], OptimizerConfig()).defaults["fused"]
+    assert not build_adamw([{"params": params}], OptimizerConfig(), fp16_amp=True).defaults["fused"]
+    assert not build_adamw([{"params": params}], OptimizerConfig(fused=False)).defaults["fused"]

@@ -101,3 +101,19 @@ def test_custom_scans_without_a_shape_rule_are_compared_as_built():
 
     assert Reversed().is_identity(1, 1, 4) is None
     assert not _is_identity(Reversed(), (1, 1, 4)) and _is_identity(Reversed(), (1, 1, 1))
+
+
+def test_permute_tokens_matches_indexing_forward_and_backward():
+    """The scanning mixers' permutation: same values and gradients as ``x[:, perm]`` (float64)."""
+    from hthlight.mixers.base import permute_tokens
+
+    scan = hthlight.build("scan", "tv")
+    perm, inverse = scan.permutation(2, 3, 4), scan.inverse(2, 3, 4)
+    x = torch.randn(2, 24, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 24, 5, dtype=torch.float64)
+    y = permute_tokens(x, perm, inverse)
+    assert torch.equal(y, x[:, perm])
+    (grad,) = torch.autograd.grad((y * weights).sum(), x)
+    (expected,) = torch.autograd.grad((x[:, perm] * weights).sum(), x)
+    assert torch.equal(grad, expected)
+    assert torch.autograd.gradcheck(lambda t: permute_tokens(t, perm, inverse), (x,))

@@ -18,6 +18,29 @@ from hthlight.registry import build_from_spec
 from hthlight.scans import Grid, ScanOrder, check_grid
 
 
+class _PermuteTokens(torch.autograd.Function):
+    """``x[:, perm]`` whose backward gathers with the inverse permutation.
+
+    Plain indexing's backward zero-fills a gradient and scatter-adds into it (a sort, for
+    determinism); a permutation's gradient is just the inverse gather.
+    """
+
+    @staticmethod
+    def forward(ctx, x_BLD: torch.Tensor, perm_L: torch.Tensor, inverse_L: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse_L)
+        return x_BLD.index_select(1, perm_L)
+
+    @staticmethod
+    def backward(ctx, dy_BLD: torch.Tensor):
+        (inverse_L,) = ctx.saved_tensors
+        return dy_BLD.index_select(1, inverse_L), None, None
+
+
+def permute_tokens(x_BLD: torch.Tensor, perm_L: torch.Tensor, inverse_L: torch.Tensor) -> torch.Tensor:
+    """``x_BLD[:, perm_L]`` for a permutation ``perm_L`` with inverse ``inverse_L`` (cheap backward)."""
+    return _PermuteTokens.apply(x_BLD, perm_L, inverse_L)
+
+
 def _is_identity(scan: ScanOrder, grid: Grid) -> bool:
     known = scan.is_identity(*grid)
     if known is not None:
@@ -67,7 +90,8 @@ class ScanningMixer(TokenMixer):
             return self.mix_sequence(x_BLD)
         perm = self.scan.permutation(t, h, w, x_BLD.device)
         inverse = self.scan.inverse(t, h, w, x_BLD.device)
-        return self.mix_sequence(x_BLD[:, perm])[:, inverse]
+        y_BLD = self.mix_sequence(permute_tokens(x_BLD, perm, inverse))
+        return permute_tokens(y_BLD, inverse, perm)
 
     def mix_sequence(self, x_BLD: torch.Tensor) -> torch.Tensor:
         """Mix a sequence already in scan order."""

@@ -24,6 +24,7 @@ from hthlight.ssd.bidirectional import (
     HYDRA_BACKENDS,
     check_hydra_backend,
     check_triton_shape,
+    chunk_size_for,
     resolve_hydra_backend,
 )
 
@@ -39,7 +40,8 @@ class HydraMixer(ScanningMixer):
         expand: inner width ``d_inner = expand * dim``.
         headdim: channels per SSM head; ``nheads = d_inner // headdim``.
         ngroups: groups of heads sharing ``B`` and ``C``.
-        chunk_size: SSD chunk length.
+        chunk_size: SSD chunk length; ``None`` (default) takes the backend's own
+            (:data:`~hthlight.ssd.bidirectional.DEFAULT_CHUNK_SIZES`: 128 for Triton, 256 otherwise).
         dt_min, dt_max, dt_init_floor: range of the initial step sizes.
         conv_bias, bias: biases of the convolution and of the two projections.
         norm_eps: epsilon of the gated output RMSNorm.
@@ -56,7 +58,7 @@ class HydraMixer(ScanningMixer):
         expand: int = 2,
         headdim: int = 64,
         ngroups: int = 1,
-        chunk_size: int = 256,
+        chunk_size: int | None = None,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init_floor: float = 1e-4,
@@ -142,7 +144,7 @@ class HydraMixer(ScanningMixer):
             A_H,
             BC_BLC.unflatten(-1, (4, self.ngroups, self.d_state)),
             diag_BLH,
-            self.chunk_size,
+            chunk_size_for(backend, self.chunk_size),
         )
         if fused:
             from hthlight.kernels.conv_norm import gated_rmsnorm

@@ -31,7 +31,7 @@ def check_ssm_config(
     d_state: int,
     headdim: int,
     ngroups: int,
-    chunk_size: int,
+    chunk_size: int | None,
     dt_min: float,
     dt_max: float,
     backend: str,
@@ -44,9 +44,10 @@ def check_ssm_config(
     Raises :class:`~hthlight.errors.ConfigError` naming the bad value and what is allowed.
     """
     d_inner = expand * dim
-    if expand < 1 or d_state < 1 or chunk_size < 1:
+    if expand < 1 or d_state < 1 or (chunk_size is not None and chunk_size < 1):
         raise ConfigError(
-            f"expand, d_state and chunk_size must be positive integers, got "
+            f"expand, d_state and chunk_size must be positive integers (chunk_size may be null: the backend's "
+            f"default), got "
             f"expand={expand}, d_state={d_state}, chunk_size={chunk_size}"
         )
     if centered_conv and (d_conv < 1 or d_conv % 2 == 0):

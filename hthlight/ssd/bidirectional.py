@@ -126,6 +126,17 @@ def check_hydra_backend(name: str) -> None:
         raise ConfigError(f"Hydra backend {name!r} needs the {package!r} package, which is not installed")
 
 
+#: Chunk length of each backend when a mixer leaves ``chunk_size`` unset: the Triton kernels' fastest
+#: (HTH-5B layer forward+backward on an H100, benchmarks/RESULTS.md), and the public layer's default for
+#: the others. The result does not depend on it beyond rounding: it only tiles the same matrix ``M``.
+DEFAULT_CHUNK_SIZES = {"torch": 256, "triton": 128, "mamba_ssm": 256}
+
+
+def chunk_size_for(backend: str, chunk_size: int | None) -> int:
+    """The chunk length ``backend`` runs with: ``chunk_size``, or the backend's default when it is ``None``."""
+    return DEFAULT_CHUNK_SIZES[backend] if chunk_size is None else chunk_size
+
+
 #: Head widths the Triton kernels are built for; the state width must be at least 16 (tensor-core tiles).
 TRITON_HEADDIMS = (16, 32, 64, 128)
 TRITON_MIN_D_STATE = 16
