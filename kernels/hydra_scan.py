@@ -273,8 +273,14 @@ def _output_kernel(
         tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=tvalid[:, None])
 
 
-#: Launch configuration (block sizes and warps), tuned on an H100 with benchmarks/hydra_profile.py.
-CONFIG = {"out_bm": 64, "out_warps": 4, "state_bn": 64, "state_warps": 4, "dbc_bn": 64, "dbc_warps": 4}
+#: Launch configuration (block sizes, warps, pipeline stages) for 16-bit inputs, tuned on an H100 at
+#: HTH-5B width, 16k tokens, chunk 128 with ``benchmarks/hydra_profile.py --configs`` (benchmarks/RESULTS.md).
+#: float32 inputs (the exact IEEE path) keep the backward's earlier 64-row, 4-warp tiles.
+CONFIG = {
+    "out_bm": 64, "out_warps": 4, "state_bn": 64, "state_warps": 4, "state_stages": 2,
+    "dotdy_warps": 4, "adj_warps": 4, "adj_stages": 1, "dw_warps": 4,
+    "dx_bm": 128, "dx_warps": 8, "dbc_bm": 128, "dbc_bn": 64, "dbc_warps": 4,
+}
 
 
 def _check_last_dim_contiguous(**tensors: torch.Tensor) -> None:
@@ -380,7 +386,7 @@ def _forward_parts(
         x_BLHP, B_f, dt, cum, states, seqlen, nheads, d_state, ngroups, nchunks, lp,
         x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, off_bwd,
         Q=q, P=headdim, BN=bn_state, IEEE=ieee, WIDE=wide, num_warps=CONFIG["state_warps"],
-        num_stages=1 if x_BLHP.dtype == torch.float32 else 2,
+        num_stages=1 if x_BLHP.dtype == torch.float32 else CONFIG["state_stages"],
     )
     return SimpleNamespace(
         dt=dt, cum=cum, cb=cb, states=states, q=q, nchunks=nchunks, lp=lp, ieee=ieee, wide=wide, bn=bn,

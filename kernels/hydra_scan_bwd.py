@@ -43,12 +43,21 @@ from hthlight.kernels.hydra_scan import CONFIG, _forward_parts, _mm, _output_ker
 
 
 @triton.jit
+def _pid(axis: tl.constexpr, WIDE: tl.constexpr):
+    """The program id along ``axis``, 64-bit when offsets may pass 2**31 (``WIDE``)."""
+    pid = tl.program_id(axis)
+    if WIDE:
+        pid = pid.to(tl.int64)
+    return pid
+
+
+@triton.jit
 def _adjoint_states_kernel(
     dy_ptr, C_ptr, dt_ptr, cum_ptr, A_ptr, adj_ptr, st_ptr, cross_ptr,
     L, H, N, G, NC, Lp,
     s_yb, s_yl, s_yh,
     s_b, s_l, s_g, off_bwd,
-    Q: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
+    Q: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
     """adj (B, NC, 2, H, N, P): forward part, sum over later chunks of exp(..) C~_f dy^T; backward, earlier.
 
@@ -56,7 +65,7 @@ def _adjoint_states_kernel(
     ``exp(chunk's log-decay) <state entering the chunk, adjoint leaving it>``, the gradient
     flow of the token pairs that straddle the whole chunk (the decay gradients' chunk term).
     """
-    b = tl.program_id(0).to(tl.int64)
+    b = _pid(0, WIDE)
     h = tl.program_id(1)
     pid = tl.program_id(2)
     direction = pid % 2
@@ -100,12 +109,12 @@ def _dx_kernel(
     s_b, s_l, s_g, off_bwd,
     s_db, s_dl,
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
     """dx (B, L, H, P); scal (B, 5, H, Lp) float32 per token and head: x.u_f, x.u_b, dy.x, and the
     parts of x.u_f, x.u_b that come from other chunks (through the adjoint states)."""
-    bh = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
+    bh = _pid(0, WIDE)
+    c = _pid(1, WIDE)
     m = tl.program_id(2)
     b = bh // H
     h = bh % H
@@ -178,7 +187,7 @@ def _dw_kernel(
     x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, cb_ptr, w_ptr, rows_ptr, cols_ptr,
     L, H, G, NC, Lp,
     s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
-    Q: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, IEEE: tl.constexpr,
+    Q: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
     """W (B, G, NC, Q, Q) float32, one ``BT x BT`` tile per program, summed over the group's heads:
 
@@ -191,8 +200,8 @@ def _dw_kernel(
     (B, 2, H, NT, Lp): ``dy_t . y_t`` of the in-chunk parts, and over its rows into ``cols``:
     ``dt_s x_s . u_s`` of the in-chunk parts; index 0 forward part, 1 backward part.
     """
-    bg = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
+    bg = _pid(0, WIDE)
+    c = _pid(1, WIDE)
     tile = tl.program_id(2)
     b = bg // G
     g = bg % G
@@ -246,7 +255,7 @@ def _dbc_kernel(
     s_b, s_l, s_g, off_bwd,
     s_ob, s_ol,
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-    WANT_DB: tl.constexpr, IEEE: tl.constexpr,
+    WANT_DB: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
     """dC (WANT_DB False) or dB (True) of both parts for BM rows and BN state channels.
 
@@ -254,8 +263,8 @@ def _dbc_kernel(
     per head); the in-chunk term is one product with the head-summed ``W`` of ``_dw_kernel``.
     Output ``dbc`` is (B, L, 4, G, N) float32 laid out like ``BC``: dB_f, dC_f, dB_b, dC_b.
     """
-    bg = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1).to(tl.int64)
+    bg = _pid(0, WIDE)
+    c = _pid(1, WIDE)
     pid = tl.program_id(2)
     NB = tl.cdiv(N, BN)
     m = pid // NB
@@ -400,6 +409,8 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
     off_bwd = 2 * ngroups * d_state
     bn = min(64, triton.next_power_of_2(d_state))
     bm = bk = min(64, q)
+    # 64-bit offsets only where some index may pass 2**31: the forward's tensors, dy and the float32 dB/dC buffer.
+    wide = parts.wide or max(dy.stride(0) * batch, batch * seqlen * 4 * ngroups * d_state) >= 2**31
 
     # dy . y^f and dy . y^b per token and head (the forward output kernel, dy-dotted).
     w = torch.zeros(batch, 2, nheads, lp, device=device, dtype=torch.float32)
@@ -407,7 +418,7 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
         x, C_f, parts.dt, parts.cum, parts.states, parts.cb, diag, A, w, seqlen, nheads, d_state, ngroups, nchunks, lp,
         x.stride(0), x.stride(1), x.stride(2), s_b, s_l, s_g, off_bwd, diag.stride(0), diag.stride(1),
         dy, dy.stride(0), dy.stride(1), dy.stride(2),
-        Q=q, P=headdim, BM=bm, BK=bk, BN=bn, IEEE=ieee, WIDE=True, DOT_DY=True, num_warps=4,
+        Q=q, P=headdim, BM=bm, BK=bk, BN=bn, IEEE=ieee, WIDE=wide, DOT_DY=True, num_warps=CONFIG["dotdy_warps"],
     )
     adj = torch.empty_like(parts.states)
     n_blocks = triton.cdiv(d_state, parts.bn_state)
@@ -415,14 +426,17 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
     _adjoint_states_kernel[(batch, nheads, 2 * n_blocks)](
         dy, C_f, parts.dt, parts.cum, A, adj, parts.states, cross, seqlen, nheads, d_state, ngroups, nchunks, lp,
         dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
-        Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, num_warps=4, num_stages=1,
+        Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, WIDE=wide, num_warps=CONFIG["adj_warps"],
+        num_stages=1 if ieee else CONFIG["adj_stages"],
     )
     dx = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=out_dtypes[0])
     scal = torch.zeros(batch, 5, nheads, lp, device=device, dtype=torch.float32)
-    _dx_kernel[(batch * nheads, nchunks, q // bm)](
+    dx_bm, dx_warps = (min(64, q), 4) if ieee else (min(CONFIG["dx_bm"], q), CONFIG["dx_warps"])
+    _dx_kernel[(batch * nheads, nchunks, q // dx_bm)](
         x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, seqlen, nheads, d_state, ngroups, nchunks,
         lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
-        diag.stride(0), diag.stride(1), Q=q, P=headdim, BM=bm, BK=bk, BN=bn, IEEE=ieee, num_warps=4,
+        diag.stride(0), diag.stride(1), Q=q, P=headdim, BM=dx_bm, BK=bk, BN=bn, IEEE=ieee, WIDE=wide,
+        num_warps=dx_warps,
     )
     bt = min(64, q)
     w_mat = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
@@ -431,17 +445,19 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
     _dw_kernel[(batch * ngroups, nchunks, (q // bt) ** 2)](
         x, dy, parts.dt, parts.cum, A, parts.cb, w_mat, pair_rows, pair_cols, seqlen, nheads, ngroups, nchunks, lp,
         x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
-        Q=q, P=headdim, BT=bt, IEEE=ieee, num_warps=4,
+        Q=q, P=headdim, BT=bt, IEEE=ieee, WIDE=wide, num_warps=CONFIG["dw_warps"],
     )
     dbc = torch.zeros(batch, seqlen, 4, ngroups, d_state, device=device, dtype=torch.float32)
     bn_bc = min(CONFIG["dbc_bn"], triton.next_power_of_2(d_state))
-    grid = (batch * ngroups, nchunks, (q // bm) * triton.cdiv(d_state, bn_bc))
+    dbc_bm, dbc_warps = (min(64, q), 4) if ieee else (min(CONFIG["dbc_bm"], q), CONFIG["dbc_warps"])
+    grid = (batch * ngroups, nchunks, (q // dbc_bm) * triton.cdiv(d_state, bn_bc))
     for want_db in (False, True):
         _dbc_kernel[grid](
             x, dy, B_f, C_f, parts.dt, parts.cum, A, parts.states, adj, w_mat, dbc, seqlen, nheads, d_state, ngroups,
             nchunks, lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
             s_b, s_l, s_g, off_bwd, dbc.stride(0), dbc.stride(1),
-            Q=q, P=headdim, BM=bm, BK=bk, BN=bn_bc, WANT_DB=want_db, IEEE=ieee, num_warps=CONFIG["dbc_warps"],
+            Q=q, P=headdim, BM=dbc_bm, BK=bk, BN=bn_bc, WANT_DB=want_db, IEEE=ieee, WIDE=wide,
+            num_warps=dbc_warps,
         )
 
     # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring),
