@@ -98,3 +98,6 @@ def test_function_that_synchronises_falls_back_to_eager_with_a_warning():
     torch.testing.assert_close(out, fn(x))
     torch.testing.assert_close(graphed(2 * x), fn(2 * x))  # eager from now on
     assert graphed.captures == 0
+    # No capture was left half-done: the device's random generator still works.
+    assert torch.randn(4, device="cuda").isfinite().all()
+    assert torch.cuda.get_sync_debug_mode() == 0

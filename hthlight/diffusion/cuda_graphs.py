@@ -11,7 +11,9 @@ Requirements of the wrapped function, as for any CUDA graph: all arguments are t
 computation does not depend on their values through the host (no ``.item()``, no shape that
 depends on data), and every other tensor it reads (weights, conditions) stays alive and
 unchanged while the wrapper is used. A function that cannot be captured (it synchronises, or
-copies from host memory) falls back to eager calls with a warning, once.
+copies from host memory) falls back to eager calls with a warning, once; synchronisations are
+caught in a rehearsal after the warm-up (under ``torch.cuda.set_sync_debug_mode("error")``),
+before any capture starts.
 """
 
 from __future__ import annotations
@@ -60,8 +62,20 @@ class CUDAGraphed:
         side = torch.cuda.Stream(device=inputs[0].device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(self.warmup):
+            for _ in range(self.warmup):  # also fills caches (e.g. index tables copied to the device)
                 self.fn(*inputs)
+        # A host synchronisation would make the capture fail half-way, which leaves the CUDA random
+        # generator in capture mode (every later random op on the device then fails): rehearse the
+        # call once more with the sync debug mode turning any synchronisation into an error.
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.cuda.stream(side):
+                self.fn(*inputs)
+        except RuntimeError as exc:
+            return self._give_up(exc)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
         torch.cuda.current_stream().wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
@@ -69,11 +83,14 @@ class CUDAGraphed:
         try:
             with torch.cuda.graph(graph, pool=self._pool):
                 output = self.fn(*inputs)
-        except RuntimeError as exc:  # e.g. a host synchronisation inside fn
-            warnings.warn(f"CUDA graph capture failed, sampling without graphs: {exc}", stacklevel=3)
-            self._eager = True
-            return None
+        except RuntimeError as exc:  # e.g. a copy from pageable host memory inside fn
+            return self._give_up(exc)
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"a CUDA-graphed function must return one tensor, got {type(output).__name__}")
         self.captures += 1
         return inputs, output, graph
+
+    def _give_up(self, exc: RuntimeError) -> None:
+        warnings.warn(f"CUDA graph capture failed, sampling without graphs: {exc}", stacklevel=4)
+        self._eager = True
+        return None
