@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hthlight.bench import model_flops_per_sample, transformer_twin
+from hthlight.bench import mixer_flops, model_flops_per_sample, transformer_twin
 from hthlight.cli import main
 from hthlight.models import presets
 from hthlight.models.denoiser import Denoiser, DenoiserConfig
@@ -108,6 +108,16 @@ def test_flops_match_hand_count():
     text = {"name": "text_embedding", "context_dim": 6}
     cross = 2 * (2 * 2 * 8 * 8 * 8 + 2 * 3 * 6 * 16 + 4 * 8 * 3 * 8)
     assert model_flops_per_sample(_tiny(text), (1, 2, 4), context_tokens=3) == 32256 + cross
+
+
+def test_flops_of_an_unset_chunk_count_the_triton_chunk():
+    """``chunk_size: null`` counts Q = 128 (what runs on a GPU): the scan term grows with Q up to L."""
+    from hthlight.mixers.hydra import HydraMixer
+
+    unset = HydraMixer(64, d_state=16, headdim=16)
+    assert unset.chunk_size is None
+    assert mixer_flops(unset, 4096) == mixer_flops(HydraMixer(64, d_state=16, headdim=16, chunk_size=128), 4096)
+    assert mixer_flops(unset, 4096) < mixer_flops(HydraMixer(64, d_state=16, headdim=16, chunk_size=256), 4096)
 
 
 def test_transformer_twin_replaces_every_mixer_keeps_the_rest():
