@@ -5,7 +5,9 @@ HTH preset and of its equal-size Transformer twin (every mixer replaced by atten
 depth, patch, MLP and conditioning), as in HTH (Hong et al. 2025) fig. 5.
 ``hthlight bench train`` times one optimizer step (forward + backward + AdamW) and reports
 samples/s, tokens/s and MFU = 3 * forward model FLOPs per sample * samples/s / peak FLOP/s
-(the counting rule of PaLM, Chowdhery et al. 2022, app. B). See docs/benchmarks.md.
+(the counting rule of PaLM, Chowdhery et al. 2022, app. B); with ``--profile`` it also splits one
+step's time into categories (matrix products, attention, Hydra kernels, optimizer, ...). See
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import datetime
 import json
 import math
 import platform
+import re
 import shlex
 import sys
 import time
@@ -280,17 +283,10 @@ def euler_sampling_seconds(
         return timed(lambda: run(timed_steps), device, repeats) * steps / timed_steps
 
 
-def train_step_seconds(
-    model: Denoiser,
-    grid: Grid,
-    batch_size: int,
-    steps: int,
-    device: torch.device,
-    autocast: bool,
-    context_tokens: int = 120,
-    warmup: int = 1,
-) -> float:
-    """Mean seconds of one AdamW step (forward + MSE loss + backward + update) over ``steps`` steps."""
+def train_step_fn(
+    model: Denoiser, grid: Grid, batch_size: int, device: torch.device, autocast: bool, context_tokens: int = 120
+) -> Callable[[], None]:
+    """One AdamW step (forward + MSE loss + backward + update) on random data, as a closure."""
     optimizer = build_adamw([{"params": list(model.parameters())}], OptimizerConfig())  # as `hthlight fit` builds it
     batch = make_batch(model, batch_size, device, context_tokens)
     x = torch.randn(latent_shape(model.config, grid, batch_size), device=device)
@@ -304,6 +300,23 @@ def train_step_seconds(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def train_step_seconds(
+    model: Denoiser,
+    grid: Grid,
+    batch_size: int,
+    steps: int,
+    device: torch.device,
+    autocast: bool,
+    context_tokens: int = 120,
+    warmup: int = 1,
+    step: Callable[[], None] | None = None,
+) -> float:
+    """Mean seconds of one AdamW step (:func:`train_step_fn`, or ``step``) over ``steps`` steps."""
+    step = step or train_step_fn(model, grid, batch_size, device, autocast, context_tokens)
+
     def run() -> None:
         for _ in range(steps):
             step()
@@ -311,6 +324,47 @@ def train_step_seconds(
     for _ in range(warmup):
         step()
     return timed(run, device, 1) / steps
+
+
+#: Kernel (CUDA) or operator (CPU) names by category, first match wins: where a step's time goes.
+TIME_CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("hydra kernels", r"^_(dt|cb|states|output|adjoint_states|dx|dw|dbc|decay_grad)_kernel|^_conv_|^_gated_rmsnorm"),
+    ("attention", r"flash|fmha|sdpa|attention|cudnn"),
+    ("matrix products", r"gemm|cutlass|nvjet|xmma|cublas|^aten::(mm|addmm|bmm|baddbmm)$"),
+    ("optimizer", r"(?i)adam|multi_tensor|optimizer|_foreach_"),
+    ("compiled elementwise", r"^triton_"),
+)
+
+
+def step_time_by_category(step: Callable[[], None], device: torch.device) -> dict[str, float]:
+    """Milliseconds of one ``step`` per :data:`TIME_CATEGORIES` category (plus ``other``), from torch.profiler.
+
+    On CUDA: device time of each kernel. On CPU: self time of each operator (``aten::``), which
+    also holds the time Python spends between them; AdamW on CPU tensors runs plain elementwise
+    operators there, which count as ``other``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    if cuda:
+        torch.cuda.synchronize(device)
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    totals = dict.fromkeys([name for name, _ in TIME_CATEGORIES] + ["other"], 0.0)
+    for event in prof.key_averages():
+        if getattr(event, "is_user_annotation", False):  # ranges such as Optimizer.step#AdamW.step: not work
+            continue
+        if cuda and event.device_type.name != "CUDA":
+            continue
+        if not cuda and (event.device_type.name != "CPU" or not event.key.startswith("aten::")):
+            continue
+        ms = (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e3
+        name = next((n for n, pattern in TIME_CATEGORIES if re.search(pattern, event.key)), "other")
+        totals[name] += ms
+    return totals
 
 
 # ---------------------------------------------------------------- reports
@@ -470,9 +524,11 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, A
         context = args.context_tokens if model.conditioner is not None else 0
         for grid in _grids(args, config, device):
             _reset_peak(device)
+            step = train_step_fn(model, grid, args.batch_size, device, autocast, args.context_tokens)
             seconds = train_step_seconds(
-                model, grid, args.batch_size, args.steps, device, autocast, args.context_tokens, args.warmup
+                model, grid, args.batch_size, args.steps, device, autocast, args.context_tokens, args.warmup, step
             )
+            peak = _peak_mib(device)
             flops = 3 * model_flops_per_sample(config, grid, context)
             samples_per_s = args.batch_size / seconds
             rows.append(
@@ -487,9 +543,11 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, A
                     "tokens_per_s": samples_per_s * math.prod(grid),
                     "tflop_per_sample": flops / 1e12,
                     "mfu": flops * samples_per_s / (args.peak_tflops * 1e12),
-                    "peak_mib": _peak_mib(device),
+                    "peak_mib": peak,
                 }
             )
+            if args.profile:
+                rows[-1]["time_ms_by_category"] = step_time_by_category(step, device)
         del model
     precision = "bf16 autocast" if autocast else "fp32"
     print(
@@ -498,6 +556,15 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, A
     )
     columns = ["model", "grid", "tokens", "params", "batch", "step_s", "samples_per_s", "tokens_per_s"]
     print(markdown_table(rows, [*columns, "tflop_per_sample", "mfu", "peak_mib"]))
+    if args.profile:
+        kind = "kernel time (CUDA)" if device.type == "cuda" else "operator self time (CPU)"
+        print(f"\none step profiled, {kind} in ms by category (hthlight.bench.TIME_CATEGORIES):")
+        categories = list(rows[0]["time_ms_by_category"]) if rows else []
+        table = []
+        for r in rows:
+            times = r["time_ms_by_category"]
+            table.append({"model": r["model"], "grid": r["grid"], **times, "total": sum(times.values())})
+        print(markdown_table(table, ["model", "grid", *categories, "total"]))
     return rows
 
 
@@ -540,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=1)
     train.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="peak for MFU")
     train.add_argument("--no-autocast", action="store_true", help="fp32 on CUDA too")
+    train.add_argument(
+        "--profile", action="store_true", help="also profile one step: time by category (matmul, attention, ...)"
+    )
     _common(train)
     return parser
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from hthlight import bench
 from hthlight.bench import mixer_flops, model_flops_per_sample, transformer_twin
 from hthlight.cli import main
 from hthlight.models import presets
@@ -52,6 +53,42 @@ def test_bench_train_throughput_and_mfu(tmp_path, capsys):
         assert row["tokens_per_s"] == pytest.approx(row["samples_per_s"] * row["tokens"])
         flops = 3 * model_flops_per_sample(config, grid, context_tokens=3)
         assert row["mfu"] == pytest.approx(flops * row["samples_per_s"] / 1e12)
+
+
+def test_bench_train_profile_splits_one_step_by_category(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    argv = ["bench", "train", "--presets", "hth-s", "--override", *TINY, "--grids", "4x4", "--steps", "1"]
+    assert main([*argv, "--context-tokens", "3", "--profile", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "one step profiled, operator self time (CPU)" in printed
+    (row,) = json.loads(out.read_text())["rows"]
+    times = row["time_ms_by_category"]
+    assert list(times) == [name for name, _ in bench.TIME_CATEGORIES] + ["other"]
+    assert times["matrix products"] > 0 and times["other"] > 0  # the linear layers; the PyTorch Hydra path
+    assert times["hydra kernels"] == 0  # no Triton on the CPU
+    assert sum(times.values()) < 1e3 * row["step_s"] * 5  # one step's worth, not the whole run
+
+
+@pytest.mark.parametrize(
+    "kernel, category",
+    [
+        ("_conv_dx_dw_kernel", "hydra kernels"),
+        ("_dw_kernel", "hydra kernels"),
+        ("nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN", "matrix products"),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26", "attention"),
+        ("void at::native::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata<4>>", "optimizer"),
+        ("triton_poi_fused_cat_7", "compiled elementwise"),
+        ("aten::addmm", "matrix products"),
+        ("aten::_foreach_addcdiv_", "optimizer"),
+        ("void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add<c10::BFloat16>>", None),
+    ],
+)
+def test_time_categories_name_the_kernels_of_a_step(kernel, category):
+    """The first matching pattern wins: a Hydra conv kernel is not counted as a matrix product."""
+    import re
+
+    found = next((name for name, pattern in bench.TIME_CATEGORIES if re.search(pattern, kernel)), None)
+    assert found == category
 
 
 def test_compile_option_compiles_the_blocks_of_each_model(monkeypatch, capsys):
