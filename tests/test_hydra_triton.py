@@ -112,6 +112,51 @@ def test_mamba_ssm_backend_missing_is_a_clear_error():
         check_hydra_backend("mamba_ssm")
 
 
+def test_mamba_ssm_backend_is_the_public_layer_scan_and_norm(monkeypatch):
+    """``backend: mamba_ssm`` runs the public arrangement over mamba_ssm's scan *and* its gated norm.
+
+    mamba_ssm needs CUDA, so stand-ins with its signatures (``mamba_chunk_scan_combined(x, dt, A,
+    B, C, chunk_size)`` and ``rmsnorm_fn(x, weight, bias, z=, eps=, norm_before_gate=)``) compute
+    with the reference; the mixer must then equal the ``torch`` backend and call both.
+    """
+    import types
+
+    from hthlight.mixers import hydra as hydra_module
+    from hthlight.mixers.norms import GatedRMSNorm
+    from hthlight.ssd.torch_scan import ssd_scan
+
+    calls = []
+
+    def scan(x, dt, A, B, C, chunk_size):
+        calls.append(("scan", chunk_size))
+        return ssd_scan(x, dt, A, B, C, chunk_size)
+
+    def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
+        calls.append(("norm", bias, norm_before_gate, eps))
+        norm = GatedRMSNorm(x.shape[-1], eps=eps, norm_before_gate=norm_before_gate).to(x.dtype)
+        return torch.func.functional_call(norm, {"weight": weight}, (x, z))
+
+    for name, attrs in [
+        ("mamba_ssm", {}),
+        ("mamba_ssm.ops", {}),
+        ("mamba_ssm.ops.triton", {}),
+        ("mamba_ssm.ops.triton.ssd_combined", {"mamba_chunk_scan_combined": scan}),
+        ("mamba_ssm.ops.triton.layernorm_gated", {"rmsnorm_fn": rmsnorm_fn}),
+    ]:
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+    from hthlight.ssd import bidirectional
+
+    monkeypatch.setitem(bidirectional._INSTALLED, "mamba_ssm", True)
+    monkeypatch.setattr(hydra_module, "resolve_hydra_backend", lambda name, *args: name)  # as on a GPU
+    torch.manual_seed(0)
+    public = HydraMixer(32, d_state=8, headdim=8, chunk_size=16, backend="mamba_ssm").double()
+    reference = copy.deepcopy(public)
+    reference.backend = "torch"
+    u = torch.randn(2, 40, 32, dtype=torch.float64)
+    torch.testing.assert_close(public(u, (1, 5, 8)), reference(u, (1, 5, 8)), rtol=1e-12, atol=1e-12)
+    assert calls == [("scan", 16), ("norm", None, True, public.norm.eps)]
+
+
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])

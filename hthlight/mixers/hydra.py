@@ -45,8 +45,9 @@ class HydraMixer(ScanningMixer):
         dt_min, dt_max, dt_init_floor: range of the initial step sizes.
         conv_bias, bias: biases of the convolution and of the two projections.
         norm_eps: epsilon of the gated output RMSNorm.
-        backend: ``auto`` (Triton on CUDA, else PyTorch), ``torch``, ``triton`` or ``mamba_ssm``;
-            see :mod:`hthlight.ssd.bidirectional`.
+        backend: ``auto`` (Triton on CUDA, else PyTorch), ``torch``, ``triton`` or ``mamba_ssm``
+            (the public layer: its scan arrangement and its Triton gated norm); see
+            :mod:`hthlight.ssd.bidirectional`.
     """
 
     def __init__(
@@ -150,6 +151,12 @@ class HydraMixer(ScanningMixer):
             from hthlight.kernels.conv_norm import gated_rmsnorm
 
             y_BLE = gated_rmsnorm(y_BLHP.flatten(2), z_BLE, self.norm.weight, self.norm.eps)
+        elif backend == "mamba_ssm":  # the public layer's norm too: mamba_ssm's Triton RMSNormGated
+            from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+
+            y_BLE = rmsnorm_fn(
+                y_BLHP.flatten(2), self.norm.weight, None, z=z_BLE, eps=self.norm.eps, norm_before_gate=True
+            )
         else:
             y_BLE = self.norm(y_BLHP.flatten(2), z_BLE)
         return self.out_proj(y_BLE)
