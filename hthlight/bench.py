@@ -121,8 +121,8 @@ def mixer_flops(mixer: torch.nn.Module, tokens: int) -> int:
 
     attention: ``8 L D^2`` (qkv + output projection) ``+ 4 L^2 D`` (QK^T and AV).
     Hydra (Hwang et al. 2024) with inner width E, H heads of P channels, G groups, state N, chunk
-    Q = min(chunk_size, L) (unset: the Triton default): in_proj ``2 L D (2E + 4GN + 2H)``, fc_D ``2 L E H``, out_proj
-    ``2 L E D``, and per scan direction (x2) the chunked SSD algorithm (Dao & Gu 2024, sec. 6):
+    Q = min(chunk_size, L) (unset: the Triton default): in_proj ``2 L D (2E + 4GN + 2H)``, fc_D
+    ``2 L E H``, out_proj ``2 L E D``, and per scan direction (x2) the chunked SSD algorithm (Dao & Gu 2024, sec. 6):
     ``C B^T`` within chunks ``2 L Q G N``, its masked product with x ``2 L Q H P``, chunk states
     ``B^T x`` ``2 L N H P`` and state outputs ``C h`` ``2 L N H P``.
     """
@@ -303,19 +303,8 @@ def train_step_fn(
     return step
 
 
-def train_step_seconds(
-    model: Denoiser,
-    grid: Grid,
-    batch_size: int,
-    steps: int,
-    device: torch.device,
-    autocast: bool,
-    context_tokens: int = 120,
-    warmup: int = 1,
-    step: Callable[[], None] | None = None,
-) -> float:
-    """Mean seconds of one AdamW step (:func:`train_step_fn`, or ``step``) over ``steps`` steps."""
-    step = step or train_step_fn(model, grid, batch_size, device, autocast, context_tokens)
+def train_step_seconds(step: Callable[[], None], steps: int, device: torch.device, warmup: int = 1) -> float:
+    """Mean seconds of one training ``step`` (:func:`train_step_fn`) over ``steps`` steps, after ``warmup``."""
 
     def run() -> None:
         for _ in range(steps):
@@ -525,9 +514,7 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> list[dict[str, A
         for grid in _grids(args, config, device):
             _reset_peak(device)
             step = train_step_fn(model, grid, args.batch_size, device, autocast, args.context_tokens)
-            seconds = train_step_seconds(
-                model, grid, args.batch_size, args.steps, device, autocast, args.context_tokens, args.warmup, step
-            )
+            seconds = train_step_seconds(step, args.steps, device, args.warmup)
             peak = _peak_mib(device)
             flops = 3 * model_flops_per_sample(config, grid, context)
             samples_per_s = args.batch_size / seconds

@@ -52,6 +52,15 @@ def _softplus(x):
 
 
 @triton.jit
+def _pid(axis: tl.constexpr, WIDE: tl.constexpr):
+    """The program id along ``axis``, 64-bit when offsets may pass 2**31 elements (``WIDE``)."""
+    pid = tl.program_id(axis)
+    if WIDE:
+        pid = pid.to(tl.int64)
+    return pid
+
+
+@triton.jit
 def _dt_kernel(
     raw_ptr, bias_ptr, A_ptr, dt_ptr, cum_ptr,
     L, H, Lp,
@@ -92,11 +101,8 @@ def _cb_kernel(
     ``B_ptr``/``C_ptr`` point at the forward direction's B and C; the backward direction's
     are ``off_bwd`` elements further (they live side by side in the conv output).
     """
-    bg = tl.program_id(0)
-    c = tl.program_id(1)
-    if WIDE:  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
-        bg = bg.to(tl.int64)
-        c = c.to(tl.int64)
+    bg = _pid(0, WIDE)  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
+    c = _pid(1, WIDE)
     tile = tl.program_id(2)
     b = bg // G
     g = bg % G
@@ -145,9 +151,7 @@ def _states_kernel(
 
     Forward: the state after all tokens before the chunk; backward: after all tokens after it.
     """
-    b = tl.program_id(0)
-    if WIDE:  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
-        b = b.to(tl.int64)
+    b = _pid(0, WIDE)  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
     h = tl.program_id(1)
     pid = tl.program_id(2)
     direction = pid % 2
@@ -196,11 +200,8 @@ def _output_kernel(
     for the carried-state parts of ``y`` only (from earlier / later chunks) into ``y_ptr`` as
     float32 (B, 2, H, Lp).
     """
-    bh = tl.program_id(0)
-    c = tl.program_id(1)
-    if WIDE:  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
-        bh = bh.to(tl.int64)
-        c = c.to(tl.int64)
+    bh = _pid(0, WIDE)  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
+    c = _pid(1, WIDE)
     m = tl.program_id(2)
     b = bh // H
     h = bh % H

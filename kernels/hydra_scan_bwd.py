@@ -39,16 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hthlight.kernels.hydra_scan import CONFIG, _forward_parts, _mm, _output_kernel
-
-
-@triton.jit
-def _pid(axis: tl.constexpr, WIDE: tl.constexpr):
-    """The program id along ``axis``, 64-bit when offsets may pass 2**31 (``WIDE``)."""
-    pid = tl.program_id(axis)
-    if WIDE:
-        pid = pid.to(tl.int64)
-    return pid
+from hthlight.kernels.hydra_scan import CONFIG, _forward_parts, _mm, _output_kernel, _pid
 
 
 @triton.jit

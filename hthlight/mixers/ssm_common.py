@@ -46,9 +46,8 @@ def check_ssm_config(
     d_inner = expand * dim
     if expand < 1 or d_state < 1 or (chunk_size is not None and chunk_size < 1):
         raise ConfigError(
-            f"expand, d_state and chunk_size must be positive integers (chunk_size may be null: the backend's "
-            f"default), got "
-            f"expand={expand}, d_state={d_state}, chunk_size={chunk_size}"
+            "expand, d_state and chunk_size must be positive integers (chunk_size may be null: the backend's "
+            f"default), got expand={expand}, d_state={d_state}, chunk_size={chunk_size}"
         )
     if centered_conv and (d_conv < 1 or d_conv % 2 == 0):
         raise ConfigError(
