@@ -154,7 +154,7 @@ def _conv_silu_dpre_kernel(
 def _conv_dx_dw_kernel(
     dpre_ptr, x_ptr, w_ptr, dx_ptr, part_ptr,
     L, C,
-    s_xb, s_xl,
+    s_xb, s_xl, s_ob, s_ol,
     K: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr,
 ):
     """dx[l] = sum_k w[k] dpre[l + H - k]; dweight partial sums dw[k] = sum_l x[l + k - H] dpre[l]."""
@@ -178,7 +178,7 @@ def _conv_dx_dw_kernel(
         m = ((src >= 0) & (src < L))[:, None] & cmask[None, :]
         xk = tl.load(x_ptr + b * s_xb + src[:, None].to(tl.int64) * s_xl + cols[None, :], mask=m, other=0.0)
         tl.store(part + k * C, tl.sum(xk.to(tl.float32) * own, axis=0), mask=cmask)
-    out = dx_ptr + (b * L + rows[:, None].to(tl.int64)) * C + cols[None, :]
+    out = dx_ptr + b * s_ob + rows[:, None].to(tl.int64) * s_ol + cols[None, :]
     tl.store(out, dx.to(dx_ptr.dtype.element_ty), mask=(rows < L)[:, None] & cmask[None, :])
 
 
@@ -190,6 +190,7 @@ def conv1d_silu_bwd(
     *,
     block_l: int = 128,
     block_c: int = 64,
+    dx_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients of :func:`conv1d_silu_fwd`: ``(dx_BLC, dweight_C1K, dbias_C or None)``.
 
@@ -199,7 +200,8 @@ def conv1d_silu_bwd(
     compute-bound: 2.5 ms against 1.5 ms at HTH-5B width, 16k tokens, H100). The default blocks
     (128 rows x 64 channels) were the fastest of six measured there. ``dx`` is contiguous in
     the dtype of ``x``; the parameter gradients are reduced from float32 partial sums (one per
-    ``block_l`` rows) in the parameters' dtypes.
+    ``block_l`` rows) in the parameters' dtypes. ``dx_out`` (optional) receives ``dx`` instead:
+    any (B, L, C) view contiguous in its channels, e.g. a slice of a layer's gradient buffer.
     """
     batch, seqlen, channels = x_BLC.shape
     k = weight_C1K.shape[-1]
@@ -216,7 +218,9 @@ def conv1d_silu_bwd(
     parts = torch.empty(batch, grid[1], k + 1, channels, device=device, dtype=torch.float32)
     weight_KC = weight_C1K.reshape(channels, k).t().contiguous()  # one contiguous row per tap
     warps = 4 if block_l * block_c <= 8192 else 8
-    dx = torch.empty(batch, seqlen, channels, device=device, dtype=x_BLC.dtype)
+    if dx_out is not None and (tuple(dx_out.shape) != tuple(x_BLC.shape) or dx_out.stride(-1) != 1):
+        raise ValueError(f"dx_out must have shape {tuple(x_BLC.shape)} and stride(-1) == 1, got {tuple(dx_out.shape)}")
+    dx = torch.empty(batch, seqlen, channels, device=device, dtype=x_BLC.dtype) if dx_out is None else dx_out
     dpre = torch.empty(batch, seqlen, channels, device=device, dtype=torch.float32)
     _conv_silu_dpre_kernel[grid](
         dy_BLC, x_BLC, weight_KC, bias_C if bias_C is not None else weight_KC, dpre, parts, seqlen, channels,
@@ -224,7 +228,8 @@ def conv1d_silu_bwd(
         K=k, BL=block_l, BC=block_c, HAS_BIAS=bias_C is not None, num_warps=warps,
     )
     _conv_dx_dw_kernel[grid](
-        dpre, x_BLC, weight_KC, dx, parts, seqlen, channels, x_BLC.stride(0), x_BLC.stride(1),
+        dpre, x_BLC, weight_KC, dx, parts, seqlen, channels,
+        x_BLC.stride(0), x_BLC.stride(1), dx.stride(0), dx.stride(1),
         K=k, BL=block_l, BC=block_c, num_warps=warps,
     )
     sums = parts.sum((0, 1))
@@ -252,6 +257,8 @@ def _gated_rmsnorm_bwd_kernel(
     s_yl,
     s_zb,
     s_zl,
+    s_dzb,
+    s_dzl,
     ROWS: tl.constexpr,
     BD: tl.constexpr,
 ):
@@ -281,7 +288,7 @@ def _gated_rmsnorm_bwd_kernel(
         dz = do * yhat * w * sig * (1.0 + z * (1.0 - sig))
         out = row.to(tl.int64) * D + cols
         tl.store(dy_ptr + out, dy.to(dy_ptr.dtype.element_ty), mask=m)
-        tl.store(dz_ptr + out, dz.to(dz_ptr.dtype.element_ty), mask=m)
+        tl.store(dz_ptr + bi * s_dzb + li * s_dzl + cols, dz.to(dz_ptr.dtype.element_ty), mask=m)
     tl.store(part_ptr + pid.to(tl.int64) * D + cols, dw, mask=mask)
 
 
@@ -293,12 +300,14 @@ def gated_rmsnorm_bwd(
     eps: float,
     *,
     rows_per_program: int = 16,
+    dz_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`gated_rmsnorm_fwd`: ``(dy_BLD, dz_BLD, dweight_D)``, one kernel.
 
     One program per ``rows_per_program`` tokens, one row at a time (rstd recomputed); ``dy`` and
     ``dz`` are contiguous in the dtypes of ``y`` and ``z``, ``dweight`` is reduced from float32
-    partial rows in the weight's dtype. Inputs may be any (B, L, D) views with stride(-1) == 1.
+    partial rows in the weight's dtype. Inputs may be any (B, L, D) views with stride(-1) == 1;
+    so may ``dz_out`` (optional), which then receives ``dz``.
     """
     batch, seqlen, dim = y_BLD.shape
     for name, t in (("dout", dout_BLD), ("z", z_BLD)):
@@ -312,7 +321,9 @@ def gated_rmsnorm_bwd(
     rows = batch * seqlen
     n_prog = triton.cdiv(rows, rows_per_program)
     dy = torch.empty(batch, seqlen, dim, device=y_BLD.device, dtype=y_BLD.dtype)
-    dz = torch.empty(batch, seqlen, dim, device=z_BLD.device, dtype=z_BLD.dtype)
+    if dz_out is not None and (tuple(dz_out.shape) != tuple(z_BLD.shape) or dz_out.stride(-1) != 1):
+        raise ValueError(f"dz_out must have shape {tuple(z_BLD.shape)} and stride(-1) == 1, got {tuple(dz_out.shape)}")
+    dz = torch.empty(batch, seqlen, dim, device=z_BLD.device, dtype=z_BLD.dtype) if dz_out is None else dz_out
     parts = torch.empty(n_prog, dim, device=y_BLD.device, dtype=torch.float32)
     bd = triton.next_power_of_2(dim)
     _gated_rmsnorm_bwd_kernel[(n_prog,)](
@@ -333,6 +344,8 @@ def gated_rmsnorm_bwd(
         y_BLD.stride(1),
         z_BLD.stride(0),
         z_BLD.stride(1),
+        dz.stride(0),
+        dz.stride(1),
         ROWS=rows_per_program,
         BD=bd,
         num_warps=min(32, max(4, bd // 256)),  # 8 values per thread (ptxas: 64 registers at D = 6144)

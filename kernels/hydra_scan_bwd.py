@@ -99,11 +99,12 @@ def _dx_kernel(
     s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
     s_b, s_l, s_g, off_bwd,
     s_db, s_dl,
+    s_ob, s_ol, s_oh,
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
     IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
-    """dx (B, L, H, P); scal (B, 5, H, Lp) float32 per token and head: x.u_f, x.u_b, dy.x, and the
-    parts of x.u_f, x.u_b that come from other chunks (through the adjoint states)."""
+    """dx (B, L, H, P) with strides (s_ob, s_ol, s_oh, 1); scal (B, 5, H, Lp) float32 per token and head:
+    x.u_f, x.u_b, dy.x, and the parts of x.u_f, x.u_b that come from other chunks (through the adjoint states)."""
     bh = _pid(0, WIDE)
     c = _pid(1, WIDE)
     m = tl.program_id(2)
@@ -166,7 +167,7 @@ def _dx_kernel(
     dy_s = dy_s.to(tl.float32)
     d_s = tl.load(diag_ptr + b * s_db + s * s_dl + h, mask=svalid, other=0.0).to(tl.float32)
     dx = d_s[:, None] * dy_s + dt_f_s[:, None] * u_f + dt_b_s[:, None] * u_b
-    tl.store(dx_ptr + ((b * L + s[:, None]) * H + h) * P + p[None, :], dx.to(dx_ptr.dtype.element_ty),
+    tl.store(dx_ptr + b * s_ob + s[:, None] * s_ol + h * s_oh + p[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=svalid[:, None])
     tl.store(scal, tl.sum(x * u_f, axis=1), mask=svalid)
     tl.store(scal + H * Lp, tl.sum(x * u_b, axis=1), mask=svalid)
@@ -340,12 +341,12 @@ def _dbc_kernel(
 def _decay_grad_kernel(
     wst_ptr, rows_ptr, cols_ptr, scal_ptr, dt_ptr, cross_ptr, raw_ptr, bias_ptr, A_ptr, draw_ptr, part_ptr,
     L, H, NC, Lp, NB,
-    s_rb, s_rl,
+    s_rb, s_rl, s_db, s_dl,
     Q: tl.constexpr, NT: tl.constexpr,
 ):
     """One chunk and head: the decay gradient ``da`` of both parts from its four pieces (module
     docstring), then ``ddt = x.u + A da`` and ``d dt_raw = ddt sigmoid(raw + dt_bias)`` (stored
-    in ``draw``, laid out like ``dt_raw``), and this chunk's shares of ``dA`` and ``d dt_bias``
+    in ``draw`` with strides ``(s_db, s_dl, 1)``), and this chunk's shares of ``dA`` and ``d dt_bias``
     (``part``: (B, H, NC, 2) float32)."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -376,7 +377,7 @@ def _decay_grad_kernel(
             da = (tl.cumsum(w, 0) - w) - tl.cumsum(z_in, 0) + (tl.cumsum(z_out, 0, reverse=True) - z_out) + through
         raw = tl.load(raw_ptr + b * s_rb + t * s_rl + d * H + h, mask=valid, other=0.0).to(tl.float32) + bias
         draw = tl.where(valid, (xu + A * da) * tl.sigmoid(raw), 0.0)  # softplus' = sigmoid
-        tl.store(draw_ptr + (b * L + t) * 2 * H + d * H + h, draw.to(draw_ptr.dtype.element_ty), mask=valid)
+        tl.store(draw_ptr + b * s_db + t * s_dl + d * H + h, draw.to(draw_ptr.dtype.element_ty), mask=valid)
         dA += tl.sum(tl.where(valid, dt * da, 0.0), axis=0)
         dbias += tl.sum(draw, axis=0)
     out = part_ptr + ((b * H + h) * NC + c) * 2
@@ -384,8 +385,21 @@ def _decay_grad_kernel(
     tl.store(out + 1, dbias)
 
 
-def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
-    """Gradients of :func:`hydra_scan_fwd` for ``(x, dt_raw, dt_bias, A, BC, diag)``."""
+def _destination(name: str, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``out`` when it can take a gradient of ``shape`` (any strides, last dimension contiguous)."""
+    if tuple(out.shape) != tuple(shape) or out.stride(-1) != 1:
+        raise ValueError(f"{name} must have shape {tuple(shape)} and stride(-1) == 1, got {tuple(out.shape)}, "
+                         f"strides {out.stride()}")
+    return out
+
+
+def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=None, ddt_raw_out=None, dBC_out=None):
+    """Gradients of :func:`hydra_scan_fwd` for ``(x, dt_raw, dt_bias, A, BC, diag)``.
+
+    ``dx_out``, ``ddt_raw_out`` and ``dBC_out`` are optional destinations (any views contiguous in
+    their last dimension; ``ddt_raw_out`` with the strides of ``dt_raw``): a layer can have the
+    gradients written straight into slices of one buffer instead of concatenating them.
+    """
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = BC.shape[-2:]
     out_dtypes = (x.dtype, BC.dtype)
@@ -420,13 +434,17 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
         Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, WIDE=wide, num_warps=CONFIG["adj_warps"],
         num_stages=1 if ieee else CONFIG["adj_stages"],
     )
-    dx = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=out_dtypes[0])
+    if dx_out is not None:
+        dx = _destination("dx_out", dx_out, x.shape)
+    else:
+        dx = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=out_dtypes[0])
     scal = torch.zeros(batch, 5, nheads, lp, device=device, dtype=torch.float32)
     dx_bm, dx_warps = (min(64, q), 4) if ieee else (min(CONFIG["dx_bm"], q), CONFIG["dx_warps"])
     _dx_kernel[(batch * nheads, nchunks, q // dx_bm)](
         x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, seqlen, nheads, d_state, ngroups, nchunks,
         lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
-        diag.stride(0), diag.stride(1), Q=q, P=headdim, BM=dx_bm, BK=bk, BN=bn, IEEE=ieee, WIDE=wide,
+        diag.stride(0), diag.stride(1), dx.stride(0), dx.stride(1), dx.stride(2),
+        Q=q, P=headdim, BM=dx_bm, BK=bk, BN=bn, IEEE=ieee, WIDE=wide,
         num_warps=dx_warps,
     )
     bt = min(64, q)
@@ -453,11 +471,14 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
 
     # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring),
     # chunk by chunk so that no sum runs over more than one chunk (no cancellation over L).
-    ddt_raw = torch.empty(batch, seqlen, 2 * nheads, device=device, dtype=dt_raw.dtype)
+    if ddt_raw_out is not None:
+        ddt_raw = _destination("ddt_raw_out", ddt_raw_out, dt_raw.shape)
+    else:
+        ddt_raw = torch.empty(batch, seqlen, 2 * nheads, device=device, dtype=dt_raw.dtype)
     part = torch.empty(batch, nheads, nchunks, 2, device=device, dtype=torch.float32)
     _decay_grad_kernel[(batch, nheads, nchunks)](
         w, pair_rows, pair_cols, scal, parts.dt, cross, dt_raw, dt_bias, A, ddt_raw, part,
-        seqlen, nheads, nchunks, lp, n_blocks, dt_raw.stride(0), dt_raw.stride(1),
+        seqlen, nheads, nchunks, lp, n_blocks, dt_raw.stride(0), dt_raw.stride(1), ddt_raw.stride(0), ddt_raw.stride(1),
         Q=q, NT=q // bt, num_warps=4,
     )
     dA, ddt_bias = part.sum(dim=(0, 2)).unbind(-1)
@@ -467,6 +488,6 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size):
         ddt_raw,
         ddt_bias.to(dt_bias.dtype),
         dA.to(A.dtype),
-        dbc.to(out_dtypes[1]),
+        dbc.to(out_dtypes[1]) if dBC_out is None else _destination("dBC_out", dBC_out, BC.shape).copy_(dbc),
         ddiag.to(diag.dtype),
     )

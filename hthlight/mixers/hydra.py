@@ -26,6 +26,7 @@ from hthlight.ssd.bidirectional import (
     check_triton_shape,
     chunk_size_for,
     resolve_hydra_backend,
+    triton_chunk_size,
 )
 
 
@@ -127,14 +128,29 @@ class HydraMixer(ScanningMixer):
     def mix_sequence(self, x_BLD: torch.Tensor) -> torch.Tensor:
         h, p, gn = self.nheads, self.headdim, self.ngroups * self.d_state
         backend = resolve_hydra_backend(self.backend, x_BLD.device, self.headdim, self.d_state)
-        fused = backend == "triton"  # Triton also fuses the conv + SiLU and the gated norm, forward and backward
-        z_BLE, xBC_BLC, dt_BL2H = torch.split(self.in_proj(x_BLD), [self.d_inner, self.d_inner + 4 * gn, 2 * h], dim=-1)
-        if fused:
-            from hthlight.kernels.conv_norm import conv1d_silu
+        chunk_size = chunk_size_for(backend, self.chunk_size)
+        zxbcdt_BLF = self.in_proj(x_BLD)
+        if backend == "triton":  # conv + SiLU, diagonal, scan and gated norm in Triton, one gradient buffer
+            from hthlight.kernels.hydra_core import hydra_core
 
-            xBC_BLC = conv1d_silu(xBC_BLC, self.conv1d.weight, self.conv1d.bias)  # reads the strided slice
-        else:
-            xBC_BLC = F.silu(self.conv1d(xBC_BLC.transpose(1, 2)).transpose(1, 2))
+            y_BLE = hydra_core(
+                zxbcdt_BLF,
+                self.conv1d.weight,
+                self.conv1d.bias,
+                self.fc_D.weight,
+                self.D,
+                self.dt_bias,
+                self.A_log,
+                self.norm.weight,
+                nheads=h,
+                ngroups=self.ngroups,
+                d_state=self.d_state,
+                eps=self.norm.eps,
+                chunk_size=triton_chunk_size(chunk_size),
+            )
+            return self.out_proj(y_BLE)
+        z_BLE, xBC_BLC, dt_BL2H = torch.split(zxbcdt_BLF, [self.d_inner, self.d_inner + 4 * gn, 2 * h], dim=-1)
+        xBC_BLC = F.silu(self.conv1d(xBC_BLC.transpose(1, 2)).transpose(1, 2))
         x_BLE, BC_BLC = xBC_BLC.split([self.d_inner, 4 * gn], dim=-1)
         diag_BLH = self.fc_D(x_BLE) + self.D  # the free diagonal: fc_D(x) + D per head
         A_H = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
@@ -145,13 +161,9 @@ class HydraMixer(ScanningMixer):
             A_H,
             BC_BLC.unflatten(-1, (4, self.ngroups, self.d_state)),
             diag_BLH,
-            chunk_size_for(backend, self.chunk_size),
+            chunk_size,
         )
-        if fused:
-            from hthlight.kernels.conv_norm import gated_rmsnorm
-
-            y_BLE = gated_rmsnorm(y_BLHP.flatten(2), z_BLE, self.norm.weight, self.norm.eps)
-        elif backend == "mamba_ssm":  # the public layer's norm too: mamba_ssm's Triton RMSNormGated
+        if backend == "mamba_ssm":  # the public layer's norm too: mamba_ssm's Triton RMSNormGated
             from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
 
             y_BLE = rmsnorm_fn(

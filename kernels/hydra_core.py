@@ -1,0 +1,123 @@
+"""A Hydra layer between its two projections on the Triton kernels, as one autograd Function.
+
+Forward (Hwang et al. 2024, the public layer's order): the centered depthwise conv + SiLU of
+``xBC`` (:func:`~hthlight.kernels.conv_norm.conv1d_silu_fwd`), the free diagonal
+``fc_D(x) + D``, the fused bidirectional scan (:func:`~hthlight.kernels.hydra_scan.hydra_scan_fwd`)
+and the gated RMSNorm with ``z`` (:func:`~hthlight.kernels.conv_norm.gated_rmsnorm_fwd`).
+
+Backward: the backward kernels write straight into one gradient buffer laid out like the input
+projection's output ``z | xBC | dt`` (the norm's ``dz``, the conv's ``dxBC``, the scan's ``ddt``)
+and into one buffer laid out like the conv output ``x | BC`` (the scan's ``dx`` and ``dBC``), and
+``fc_D``'s input gradient is added to ``dx`` by the matrix product itself (``addmm`` into the
+slice). Composing separate autograd Functions instead costs a concatenation of each buffer's
+parts and a sum of the two ``dx`` (0.9 ms of 20.5 at HTH-5B width, 16k tokens, H100).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hthlight.kernels.conv_norm import conv1d_silu_bwd, conv1d_silu_fwd, gated_rmsnorm_bwd, gated_rmsnorm_fwd
+from hthlight.kernels.hydra_scan import hydra_scan_fwd
+from hthlight.kernels.hydra_scan_bwd import hydra_scan_bwd
+
+
+def _decay_rate(A_log_H: torch.Tensor) -> torch.Tensor:
+    return -torch.exp(A_log_H.to(torch.promote_types(A_log_H.dtype, torch.float32)))
+
+
+class HydraCore(torch.autograd.Function):
+    """``zxbcdt (B, L, E + C + 2H) -> y (B, L, E)``: conv + SiLU, diagonal, scan, gated norm."""
+
+    @staticmethod
+    def forward(
+        ctx, zxbcdt, conv_weight, conv_bias, fc_D_weight, D, dt_bias, A_log, norm_weight, shape, eps, chunk_size
+    ):
+        inner, channels = norm_weight.shape[0], conv_weight.shape[0]
+        nheads, ngroups, d_state = shape
+        z = zxbcdt[..., :inner]
+        xBC_act = conv1d_silu_fwd(zxbcdt[..., inner : inner + channels], conv_weight, conv_bias)
+        x = xBC_act[..., :inner]
+        diag = F.linear(x, fc_D_weight.to(x.dtype)) + D
+        y = hydra_scan_fwd(
+            x.unflatten(-1, (nheads, -1)),
+            zxbcdt[..., inner + channels :],
+            dt_bias,
+            _decay_rate(A_log),
+            xBC_act[..., inner:].unflatten(-1, (4, ngroups, d_state)),
+            diag,
+            chunk_size=chunk_size,
+        )
+        weights = (conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight)
+        ctx.save_for_backward(zxbcdt, xBC_act, y, diag, *weights)
+        ctx.shape, ctx.eps, ctx.chunk_size, ctx.D_dtype = shape, eps, chunk_size, D.dtype
+        return gated_rmsnorm_fwd(y.flatten(2), z, norm_weight, eps)
+
+    @staticmethod
+    def backward(ctx, dout):
+        zxbcdt, xBC_act, y, diag, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight = ctx.saved_tensors
+        nheads, ngroups, d_state = ctx.shape
+        inner, channels = norm_weight.shape[0], conv_weight.shape[0]
+        dzxbcdt = torch.empty_like(zxbcdt)
+        dact = torch.empty_like(xBC_act)
+        dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+        dy, _, dnorm_weight = gated_rmsnorm_bwd(
+            dout, y.flatten(2), zxbcdt[..., :inner], norm_weight, ctx.eps, dz_out=dzxbcdt[..., :inner]
+        )
+        x = xBC_act[..., :inner]
+        A = _decay_rate(A_log)
+        _, _, ddt_bias, dA, _, ddiag = hydra_scan_bwd(
+            dy.unflatten(-1, (nheads, -1)),
+            x.unflatten(-1, (nheads, -1)),
+            zxbcdt[..., inner + channels :],
+            dt_bias,
+            A,
+            xBC_act[..., inner:].unflatten(-1, (4, ngroups, d_state)),
+            diag,
+            ctx.chunk_size,
+            dx_out=dact[..., :inner].unflatten(-1, (nheads, -1)),
+            ddt_raw_out=dzxbcdt[..., inner + channels :],
+            dBC_out=dact[..., inner:].unflatten(-1, (4, ngroups, d_state)),
+        )
+        # diag = x fc_D^T + D: fc_D's input gradient is accumulated into dx by the product.
+        ddiag_NH = ddiag.reshape(-1, nheads).to(x.dtype)
+        dact[..., :inner].view(-1, inner).addmm_(ddiag_NH, fc_D_weight.to(x.dtype))
+        dfc_D = (ddiag_NH.t() @ x.reshape(-1, inner)).to(fc_D_weight.dtype)
+        dD = ddiag.sum((0, 1)).to(ctx.D_dtype)
+        xBC, dxBC = zxbcdt[..., inner : inner + channels], dzxbcdt[..., inner : inner + channels]
+        _, dconv_weight, dconv_bias = conv1d_silu_bwd(dact, xBC, conv_weight, conv_bias, dx_out=dxBC)
+        dA_log = (dA * A).to(A_log.dtype)  # A = -exp(A_log)
+        return dzxbcdt, dconv_weight, dconv_bias, dfc_D, dD, ddt_bias, dA_log, dnorm_weight, None, None, None
+
+
+def hydra_core(
+    zxbcdt_BLF: torch.Tensor,
+    conv_weight_C1K: torch.Tensor,
+    conv_bias_C: torch.Tensor | None,
+    fc_D_weight_HE: torch.Tensor,
+    D_H: torch.Tensor,
+    dt_bias_H: torch.Tensor,
+    A_log_H: torch.Tensor,
+    norm_weight_E: torch.Tensor,
+    *,
+    nheads: int,
+    ngroups: int,
+    d_state: int,
+    eps: float,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Differentiable Hydra core (see :class:`HydraCore`); ``zxbcdt_BLF`` is the input projection's output."""
+    return HydraCore.apply(
+        zxbcdt_BLF,
+        conv_weight_C1K,
+        conv_bias_C,
+        fc_D_weight_HE,
+        D_H,
+        dt_bias_H,
+        A_log_H,
+        norm_weight_E,
+        (nheads, ngroups, d_state),
+        eps,
+        chunk_size,
+    )
