@@ -49,22 +49,25 @@ class HydraCore(torch.autograd.Function):
             diag,
             chunk_size=chunk_size,
         )
-        weights = (conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight)
-        ctx.save_for_backward(zxbcdt, xBC_act, y, diag, *weights)
+        ctx.save_for_backward(zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight)
+        # Intermediates on ctx (not saved tensors), so the backward can drop each once used.
+        ctx.xBC_act, ctx.y, ctx.diag = xBC_act, y, diag
         ctx.shape, ctx.eps, ctx.chunk_size, ctx.D_dtype = shape, eps, chunk_size, D.dtype
         return gated_rmsnorm_fwd(y.flatten(2), z, norm_weight, eps)
 
     @staticmethod
     def backward(ctx, dout):
-        zxbcdt, xBC_act, y, diag, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight = ctx.saved_tensors
+        zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight = ctx.saved_tensors
+        xBC_act, diag = ctx.xBC_act, ctx.diag
         nheads, ngroups, d_state = ctx.shape
         inner, channels = norm_weight.shape[0], conv_weight.shape[0]
         dzxbcdt = torch.empty_like(zxbcdt)
-        dact = torch.empty_like(xBC_act)
         dout = dout if dout.stride(-1) == 1 else dout.contiguous()
         dy, _, dnorm_weight = gated_rmsnorm_bwd(
-            dout, y.flatten(2), zxbcdt[..., :inner], norm_weight, ctx.eps, dz_out=dzxbcdt[..., :inner]
+            dout, ctx.y.flatten(2), zxbcdt[..., :inner], norm_weight, ctx.eps, dz_out=dzxbcdt[..., :inner]
         )
+        ctx.y = None  # freed before the scan's buffers are allocated (peak memory)
+        dact = torch.empty_like(xBC_act)
         x = xBC_act[..., :inner]
         A = _decay_rate(A_log)
         _, _, ddt_bias, dA, _, ddiag = hydra_scan_bwd(
@@ -80,11 +83,15 @@ class HydraCore(torch.autograd.Function):
             ddt_raw_out=dzxbcdt[..., inner + channels :],
             dBC_out=dact[..., inner:].unflatten(-1, (4, ngroups, d_state)),
         )
+        del dy, diag
+        ctx.diag = None
         # diag = x fc_D^T + D: fc_D's input gradient is accumulated into dx by the product.
         ddiag_NH = ddiag.reshape(-1, nheads).to(x.dtype)
         dact[..., :inner].view(-1, inner).addmm_(ddiag_NH, fc_D_weight.to(x.dtype))
         dfc_D = (ddiag_NH.t() @ x.reshape(-1, inner)).to(fc_D_weight.dtype)
         dD = ddiag.sum((0, 1)).to(ctx.D_dtype)
+        del x, xBC_act, ddiag, ddiag_NH
+        ctx.xBC_act = None
         xBC, dxBC = zxbcdt[..., inner : inner + channels], dzxbcdt[..., inner : inner + channels]
         _, dconv_weight, dconv_bias = conv1d_silu_bwd(dact, xBC, conv_weight, conv_bias, dx_out=dxBC)
         dA_log = (dA * A).to(A_log.dtype)  # A = -exp(A_log)
