@@ -190,16 +190,10 @@ def _output_kernel(
     s_xb, s_xl, s_xh,
     s_b, s_l, s_g, off_bwd,
     s_db, s_dl,
-    dy_ptr, s_yb, s_yl, s_yh,
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-    IEEE: tl.constexpr, WIDE: tl.constexpr, DOT_DY: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
-    """y (B, L, H, P) = M x for one chunk's block of BM rows and one head.
-
-    With ``DOT_DY`` (for the backward) it writes, instead of ``y``, ``dy . y^f`` and ``dy . y^b``
-    for the carried-state parts of ``y`` only (from earlier / later chunks) into ``y_ptr`` as
-    float32 (B, 2, H, Lp).
-    """
+    """y (B, L, H, P) = M x for one chunk's block of BM rows and one head."""
     bh = _pid(0, WIDE)  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
     c = _pid(1, WIDE)
     m = tl.program_id(2)
@@ -235,43 +229,30 @@ def _output_kernel(
         Sb = tl.load(st + H * N * P, mask=nmask[:, None], other=0.0).to(Cb.dtype)
         acc_f += _mm(Cf, Sf, IEEE)
         acc_b += _mm(Cb, Sb, IEEE)
-    acc_f = acc_f * tl.exp(excl_f)[:, None]
-    acc_b = acc_b * tl.exp(excl_b)[:, None]
-    if not DOT_DY:
-        acc = acc_f + acc_b
+    acc = acc_f * tl.exp(excl_f)[:, None] + acc_b * tl.exp(excl_b)[:, None]
 
-    # Inside the chunk: one matrix holding both directions and the diagonal. (The backward's
-    # dy-dotted mode needs only the carried-state part: the in-chunk part comes from _dw_kernel.)
-    if not DOT_DY:
-        d_t = tl.load(diag_ptr + b * s_db + t * s_dl + h, mask=tvalid, other=0.0).to(tl.float32)
-        ti = m * BM + tl.arange(0, BM)
-        for k0 in range(0, Q, BK):
-            s = c * Q + k0 + tl.arange(0, BK)
-            sj = k0 + tl.arange(0, BK)
-            cb = tl.load(cb_ptr + ((b * G + g) * NC + c) * Q * Q + ti[:, None] * Q + sj[None, :])
-            dt_f_s = tl.load(dt_ptr + f_base + s)
-            dt_b_s = tl.load(dt_ptr + b_base + s)
-            cum_f_s = tl.load(cum_ptr + f_base + s)
-            cum_b_s = tl.load(cum_ptr + b_base + s)
-            lt = s[None, :] < t[:, None]
-            gt = s[None, :] > t[:, None]
-            log_f = tl.where(lt, excl_f[:, None] - cum_f_s[None, :], float("-inf"))
-            log_b = tl.where(gt, excl_b[:, None] - cum_b_s[None, :], float("-inf"))
-            E_f = tl.exp(log_f) * dt_f_s[None, :]
-            E_b = tl.exp(log_b) * dt_b_s[None, :]
-            xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None],
-                         other=0.0)
-            M = tl.where(s[None, :] == t[:, None], d_t[:, None], cb * (E_f + E_b))
-            acc += _mm(M.to(xs.dtype), xs, IEEE)
-    if DOT_DY:
-        dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=tvalid[:, None], other=0.0)
-        dy = dy.to(tl.float32)
-        w = y_ptr + (b * 2 * H + h) * Lp + t
-        tl.store(w, tl.sum(dy * acc_f, axis=1), mask=tvalid)
-        tl.store(w + H * Lp, tl.sum(dy * acc_b, axis=1), mask=tvalid)
-    else:
-        y = y_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :]
-        tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=tvalid[:, None])
+    # Inside the chunk: one matrix holding both directions and the diagonal.
+    d_t = tl.load(diag_ptr + b * s_db + t * s_dl + h, mask=tvalid, other=0.0).to(tl.float32)
+    ti = m * BM + tl.arange(0, BM)
+    for k0 in range(0, Q, BK):
+        s = c * Q + k0 + tl.arange(0, BK)
+        sj = k0 + tl.arange(0, BK)
+        cb = tl.load(cb_ptr + ((b * G + g) * NC + c) * Q * Q + ti[:, None] * Q + sj[None, :])
+        dt_f_s = tl.load(dt_ptr + f_base + s)
+        dt_b_s = tl.load(dt_ptr + b_base + s)
+        cum_f_s = tl.load(cum_ptr + f_base + s)
+        cum_b_s = tl.load(cum_ptr + b_base + s)
+        lt = s[None, :] < t[:, None]
+        gt = s[None, :] > t[:, None]
+        log_f = tl.where(lt, excl_f[:, None] - cum_f_s[None, :], float("-inf"))
+        log_b = tl.where(gt, excl_b[:, None] - cum_b_s[None, :], float("-inf"))
+        E_f = tl.exp(log_f) * dt_f_s[None, :]
+        E_b = tl.exp(log_b) * dt_b_s[None, :]
+        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
+        M = tl.where(s[None, :] == t[:, None], d_t[:, None], cb * (E_f + E_b))
+        acc += _mm(M.to(xs.dtype), xs, IEEE)
+    y = y_ptr + ((b * L + t[:, None]) * H + h) * P + p[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=tvalid[:, None])
 
 
 #: Launch configuration (block sizes, warps, pipeline stages) for 16-bit inputs, tuned on an H100 at
@@ -279,8 +260,8 @@ def _output_kernel(
 #: float32 inputs (the exact IEEE path) keep the backward's earlier 64-row, 4-warp tiles.
 CONFIG = {
     "out_bm": 64, "out_warps": 4, "state_bn": 64, "state_warps": 4, "state_stages": 2,
-    "dotdy_warps": 4, "adj_warps": 4, "adj_stages": 1, "dw_warps": 4,
-    "dx_bm": 128, "dx_warps": 8, "dbc_bm": 128, "dbc_bn": 64, "dbc_warps": 4,
+    "adj_warps": 4, "adj_stages": 1, "dw_warps": 4,
+    "dx_bm": 128, "dx_warps": 8, "dbc_bm": 128, "dbc_bn": 64, "dc_warps": 8, "db_warps": 4,
 }
 
 
@@ -326,8 +307,8 @@ def hydra_scan_fwd(
         x_BLHP, BC_BL4GN[:, :, 1], parts.dt, parts.cum, parts.states, parts.cb, diag_BLH, A_H, y,
         seqlen, nheads, d_state, ngroups, parts.nchunks, parts.lp,
         x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, 2 * ngroups * d_state,
-        diag_BLH.stride(0), diag_BLH.stride(1), y, 0, 0, 0,
-        Q=q, P=headdim, BM=bm, BK=bk, BN=parts.bn, IEEE=parts.ieee, WIDE=parts.wide, DOT_DY=False,
+        diag_BLH.stride(0), diag_BLH.stride(1),
+        Q=q, P=headdim, BM=bm, BK=bk, BN=parts.bn, IEEE=parts.ieee, WIDE=parts.wide,
         num_warps=CONFIG["out_warps"],
     )
     return y

@@ -64,11 +64,14 @@ INTERPRETER_CHECK = textwrap.dedent(
         ref = hydra_mix_torch(*[t.double() for t in args], 16)
         print(L, rel_err(y, ref))
 
-    # Backward: every gradient against float64 autograd through the reference.
+    # Backward: every gradient against float64 autograd through the reference; the second case
+    # with dB/dC state blocks of 8, so the decay gradients sum partial dots over two blocks.
+    from hthlight.kernels.hydra_scan import CONFIG
     from hthlight.kernels.hydra_scan_bwd import hydra_scan_bwd
 
     errors = []
-    for (b, L, H, P, G, N, q) in [(1, 45, 2, 16, 1, 16, 32), (2, 70, 4, 16, 2, 16, 32)]:
+    for (b, L, H, P, G, N, q, bn) in [(1, 45, 2, 16, 1, 16, 32, 64), (2, 70, 4, 16, 2, 16, 32, 8)]:
+        CONFIG["dbc_bn"] = bn
         args = random_inputs(b, L, H, P, G, N, torch.float32, "cpu", seed=3)
         dy = torch.randn(b, L, H, P)
         grads = hydra_scan_bwd(dy, *args, q)
