@@ -40,7 +40,7 @@ class HydraCore(torch.autograd.Function):
         z = zxbcdt[..., :inner]
         xBC_act = conv1d_silu_fwd(zxbcdt[..., inner : inner + channels], conv_weight, conv_bias)
         x = xBC_act[..., :inner]
-        diag = F.linear(x, fc_D_weight.to(x.dtype)) + D
+        diag = F.linear(x, fc_D_weight.to(x.dtype), D.to(x.dtype))  # fc_D(x) + D, the bias in the product
         y = hydra_scan_fwd(
             x.unflatten(-1, (nheads, -1)),
             zxbcdt[..., inner + channels :],

@@ -211,10 +211,12 @@ def _output_kernel(
     excl_f = tl.load(cum_ptr + f_base + t) - dt_f_t * A  # decay from the chunk start to t - 1
     excl_b = tl.load(cum_ptr + b_base + t) - dt_b_t * A  # decay from t + 1 to the chunk end
 
-    # Carried states: forward through C_f[t-1], backward through C_b[t+1].
+    # Carried states: forward through C_f[t-1], backward through C_b[t+1]. The decays scale the rows
+    # of C, so both directions share one accumulator (fewer registers: 128-row tiles on 4 warps).
     C_base = C_ptr + b * s_b + g * s_g
-    acc_f = tl.zeros((BM, P), dtype=tl.float32)
-    acc_b = tl.zeros((BM, P), dtype=tl.float32)
+    scale_f = tl.exp(excl_f)[:, None]
+    scale_b = tl.exp(excl_b)[:, None]
+    acc = tl.zeros((BM, P), dtype=tl.float32)
     for n0 in range(0, N, BN):
         n = n0 + tl.arange(0, BN)
         nmask = n < N
@@ -227,9 +229,8 @@ def _output_kernel(
         st = st_ptr + ((((b * NC + c) * 2) * H + h) * N + n[:, None]) * P + p[None, :]
         Sf = tl.load(st, mask=nmask[:, None], other=0.0).to(Cf.dtype)
         Sb = tl.load(st + H * N * P, mask=nmask[:, None], other=0.0).to(Cb.dtype)
-        acc_f += _mm(Cf, Sf, IEEE)
-        acc_b += _mm(Cb, Sb, IEEE)
-    acc = acc_f * tl.exp(excl_f)[:, None] + acc_b * tl.exp(excl_b)[:, None]
+        acc += _mm((Cf.to(tl.float32) * scale_f).to(Sf.dtype), Sf, IEEE)
+        acc += _mm((Cb.to(tl.float32) * scale_b).to(Sb.dtype), Sb, IEEE)
 
     # Inside the chunk: one matrix holding both directions and the diagonal.
     d_t = tl.load(diag_ptr + b * s_db + t * s_dl + h, mask=tvalid, other=0.0).to(tl.float32)
@@ -259,7 +260,7 @@ def _output_kernel(
 #: HTH-5B width, 16k tokens, chunk 128 with ``benchmarks/hydra_profile.py --configs`` (benchmarks/RESULTS.md).
 #: float32 inputs (the exact IEEE path) keep the backward's earlier 64-row, 4-warp tiles.
 CONFIG = {
-    "out_bm": 64, "out_warps": 4, "state_bn": 64, "state_warps": 4, "state_stages": 2,
+    "out_bm": 128, "out_warps": 4, "state_bn": 64, "state_warps": 4, "state_stages": 2,
     "adj_warps": 4, "adj_stages": 1, "dw_warps": 4,
     "dx_bm": 128, "dx_warps": 8, "dbc_bm": 128, "dbc_bn": 64, "dc_warps": 8, "db_warps": 4,
 }
@@ -300,7 +301,7 @@ def hydra_scan_fwd(
     ngroups, d_state = BC_BL4GN.shape[-2:]
     q = parts.q
     y = torch.empty(batch, seqlen, nheads, headdim, device=x_BLHP.device, dtype=x_BLHP.dtype)
-    bm = min(CONFIG["out_bm"], q)
+    bm = min(64 if parts.ieee else CONFIG["out_bm"], q)  # float32 keeps 64-row tiles
     bk = min(64, q)
     s_b, s_l, s_g = BC_BL4GN.stride(0), BC_BL4GN.stride(1), BC_BL4GN.stride(3)
     _output_kernel[(batch * nheads, parts.nchunks, q // bm)](
