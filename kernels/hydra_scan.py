@@ -258,7 +258,7 @@ def _output_kernel(
 
 #: Launch configuration (block sizes, warps, pipeline stages) for 16-bit inputs, tuned on an H100 at
 #: HTH-5B width, 16k tokens, chunk 128 with ``benchmarks/hydra_profile.py --configs`` (benchmarks/RESULTS.md).
-#: float32 inputs (the exact IEEE path) keep the backward's earlier 64-row, 4-warp tiles.
+#: float32 inputs (the exact IEEE path) keep 64-row tiles on 4 warps, forward and backward.
 CONFIG = {
     "out_bm": 128, "out_warps": 4, "state_bn": 64, "state_warps": 4, "state_stages": 2,
     "adj_warps": 4, "adj_stages": 1, "dw_warps": 4,

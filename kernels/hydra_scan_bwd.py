@@ -310,7 +310,7 @@ def _dbc_kernel(
         Sf = tl.load(st, mask=nmask[None, :], other=0.0).to(own.dtype)
         Sb = tl.load(st + H * N * P, mask=nmask[None, :], other=0.0).to(own.dtype)
         own32 = own.to(tl.float32)
-        if not WANT_DB:
+        if not WANT_DB:  # each head's product is needed on its own; the dB pass accumulates in place
             head_f = _mm((own32 * scale_f[:, None]).to(own.dtype), Sf, IEEE)
             head_b = _mm((own32 * scale_b[:, None]).to(own.dtype), Sb, IEEE)
             dot = dot_ptr + ((b * 2 * H + h) * NB + nb) * Lp + rows
@@ -432,7 +432,6 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     dy = dy.contiguous() if dy.stride(-1) != 1 else dy
     parts = _forward_parts(x, dt_raw, dt_bias, A, BC, diag, chunk_size, ieee=ieee)  # dt, cum, CB, states
     q, nchunks, lp = parts.q, parts.nchunks, parts.lp
-    dy = dy.contiguous() if dy.stride(-1) != 1 else dy
     device = x.device
     s_b, s_l, s_g = BC.stride(0), BC.stride(1), BC.stride(3)
     B_f, C_f = BC[:, :, 0], BC[:, :, 1]
@@ -442,7 +441,6 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     # 64-bit offsets only where some index may pass 2**31: the forward's tensors, dy and the float32 dB/dC buffer.
     wide = parts.wide or max(dy.stride(0) * batch, batch * seqlen * 4 * ngroups * d_state) >= 2**31
 
-    # dy . y^f and dy . y^b per token and head (the forward output kernel, dy-dotted).
     adj = torch.empty_like(parts.states)
     n_blocks = triton.cdiv(d_state, parts.bn_state)
     cross = torch.empty(batch, 2, nheads, n_blocks, nchunks, device=device, dtype=torch.float32)
