@@ -318,7 +318,7 @@ def train_step_seconds(step: Callable[[], None], steps: int, device: torch.devic
 #: Kernel (CUDA) or operator (CPU) names by category, first match wins: where a step's time goes.
 TIME_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("hydra kernels", r"^_(dt|cb|states|output|adjoint_states|dx|dw|dbc|decay_grad)_kernel|^_conv_|^_gated_rmsnorm"),
-    ("attention", r"flash|fmha|sdpa|attention|cudnn"),
+    ("attention", r"flash|fmha|sdpa|attention|cudnn|^_short_attn_"),
     ("matrix products", r"gemm|cutlass|nvjet|xmma|cublas|^aten::(mm|addmm|bmm|baddbmm)$"),
     ("optimizer", r"(?i)adam|multi_tensor|optimizer|_foreach_"),
     ("compiled elementwise", r"^triton_"),

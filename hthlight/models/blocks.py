@@ -69,6 +69,7 @@ class DenoiserBlock(nn.Module):
         cross_attention: build the cross-attention when ``context_dim`` is given (a layout's
             per-block option; False for e.g. Dimba's bare Mamba layers).
         cross_attention_heads: heads of the cross-attention (default ``dim // 64``).
+        cross_attention_backend: ``auto``, ``sdpa`` or ``triton`` (see :class:`CrossAttention`).
         qk_norm: RMSNorm QK-normalisation in the cross-attention.
         norm_eps: LayerNorm epsilon.
     """
@@ -87,6 +88,7 @@ class DenoiserBlock(nn.Module):
         context_dim: int | None = None,
         cross_attention: bool = True,
         cross_attention_heads: int | None = None,
+        cross_attention_backend: str = "auto",
         qk_norm: bool = False,
         norm_eps: float = 1e-6,
     ) -> None:
@@ -98,7 +100,9 @@ class DenoiserBlock(nn.Module):
         self.cross_attention: CrossAttention | None = None
         if context_dim is not None and cross_attention:
             self.norm_cross = nn.LayerNorm(dim, eps=norm_eps)
-            self.cross_attention = CrossAttention(dim, context_dim, cross_attention_heads, qk_norm=qk_norm)
+            self.cross_attention = CrossAttention(
+                dim, context_dim, cross_attention_heads, qk_norm=qk_norm, backend=cross_attention_backend
+            )
         self.norm_mixer = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=affine)
         self.mixer = build_from_spec("mixer", mixer, dim=dim)
         hidden = round(dim * mlp_ratio)

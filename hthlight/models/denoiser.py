@@ -62,6 +62,8 @@ class DenoiserConfig:
             features); None for an unconditional model.
         context_dim: width of cross-attention context (default: the conditioner's, if any).
         cross_attention_heads: heads of the cross-attention layers (default ``dim // 64``).
+        cross_attention_backend: ``auto`` (Triton kernels on CUDA for captions up to 512 tokens,
+            else SDPA), ``sdpa`` or ``triton`` (:mod:`hthlight.conditioning.cross_attention`).
         qk_norm: RMSNorm QK-normalisation in cross-attention.
         norm_eps: LayerNorm epsilon.
     """
@@ -79,6 +81,7 @@ class DenoiserConfig:
     conditioner: str | dict[str, Any] | None = None
     context_dim: int | None = None
     cross_attention_heads: int | None = None
+    cross_attention_backend: Literal["auto", "sdpa", "triton"] = "auto"
     qk_norm: bool = False
     norm_eps: float = 1e-6
 
@@ -162,6 +165,7 @@ class Denoiser(nn.Module):
                     "modulation": modulation,
                     "context_dim": context_dim,
                     "cross_attention_heads": c.cross_attention_heads,
+                    "cross_attention_backend": c.cross_attention_backend,
                     "qk_norm": c.qk_norm,
                     "norm_eps": c.norm_eps,
                     **spec.options,  # per-block layout options (mlp_ratio, cross_attention)
