@@ -123,6 +123,21 @@ def _short_attn_fwd_kernel(
 
 
 @triton.jit
+def _head_keys(k_ptr, v_ptr, H, S, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, D: tl.constexpr, BS: tl.constexpr,
+               BD: tl.constexpr, WIDE: tl.constexpr):
+    """The program's (batch, head) from grid axis 1, its key block ``kb`` from axis 2 and that block's k, v."""
+    bh = _pid(1, WIDE)
+    b = bh // H
+    h = bh % H
+    dims = tl.arange(0, BD)
+    dim_ok = dims < D
+    kb = _pid(2, WIDE)
+    kv_rows = kb * BS + tl.arange(0, BS)
+    k, v = _load_kv(k_ptr + b * s_kb + h * s_kh, v_ptr + b * s_vb + h * s_vh, kv_rows, dims, dim_ok, S, s_ks, s_vs)
+    return bh, b, h, kb, dims, dim_ok, kv_rows, k, v
+
+
+@triton.jit
 def _short_attn_dq_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     L, S, H, scale, blocks_per_split,
@@ -133,14 +148,9 @@ def _short_attn_dq_kernel(
 ):
     """dq of one key block (written directly with one key block, else its float32 part) and
     ``delta = rowsum(do * o)`` (B, H, L) for :func:`_short_attn_dkdv_kernel`."""
-    bh = _pid(1, WIDE)
-    kb = _pid(2, WIDE)
-    b = bh // H
-    h = bh % H
-    dims = tl.arange(0, BD)
-    dim_ok = dims < D
-    kv_rows = kb * BS + tl.arange(0, BS)
-    k, v = _load_kv(k_ptr + b * s_kb + h * s_kh, v_ptr + b * s_vb + h * s_vh, kv_rows, dims, dim_ok, S, s_ks, s_vs)
+    bh, b, h, kb, dims, dim_ok, kv_rows, k, v = _head_keys(
+        k_ptr, v_ptr, H, S, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, D, BS, BD, WIDE
+    )
     for i in range(blocks_per_split):
         rows = (_pid(0, WIDE) * blocks_per_split + i) * BM + tl.arange(0, BM)
         row_ok = rows < L
@@ -171,15 +181,10 @@ def _short_attn_dkdv_kernel(
     """This split's parts of dk and dv (splits, B, S, H, D) float32, in the transposed form
     (keys x queries: ``p^T``, ``ds^T``), so no tile is transposed in registers."""
     split = _pid(0, WIDE)
-    bh = _pid(1, WIDE)
-    kb = _pid(2, WIDE)
-    b = bh // H
-    h = bh % H
-    dims = tl.arange(0, BD)
-    dim_ok = dims < D
-    kv_rows = kb * BS + tl.arange(0, BS)
+    bh, b, h, _kb, dims, dim_ok, kv_rows, k, v = _head_keys(
+        k_ptr, v_ptr, H, S, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, D, BS, BD, WIDE
+    )
     kv_mask = (kv_rows < S)[:, None] & dim_ok[None, :]
-    k, v = _load_kv(k_ptr + b * s_kb + h * s_kh, v_ptr + b * s_vb + h * s_vh, kv_rows, dims, dim_ok, S, s_ks, s_vs)
     key_ok = _key_ok(kv_rows, mask_ptr + b * s_mb, S, HAS_MASK)
     dk = tl.zeros((BS, BD), tl.float32)
     dv = tl.zeros((BS, BD), tl.float32)
