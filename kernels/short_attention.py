@@ -3,21 +3,23 @@
 In PixArt-style and HTH blocks every image token attends to a caption of ``S`` ~ 120 text
 tokens. FlashAttention's backward (Dao 2023, FlashAttention-2, alg. 2) runs one program per
 block of keys and walks all queries: with ``S <= 128`` that is one program per (batch, head),
-32 programs on a 132-SM H100 at HTH-5B width, and the call takes ~1 ms forward+backward at
-16k queries against ~0.2 ms for the bytes it must move. Here the keys are the short side:
+32 programs on a 132-SM H100 at HTH-5B width. Here every pass is parallel over query blocks;
+each program walks a run ("split") of them for one (batch, head) and key block:
 
-* forward, one program per (query block, batch x head): ``s = q k^T * scale`` over every key
-  block with the online softmax (masked keys at ``-inf``), ``o = softmax(s) v`` and the
+* ``_short_attn_fwd_kernel``: ``s = q k^T * scale`` (masked keys at ``-inf``), the online
+  softmax over key blocks (the first loaded once per program), ``o = softmax(s) v`` and the
   row's log-sum-exp ``lse``;
-* backward, one program per (query split, batch x head, key block): for each of the split's
-  query blocks ``p = exp(s - lse)``, ``delta = rowsum(do * o)``, ``ds = p (do v^T - delta)``,
-  ``dq = ds k * scale`` (written directly with one key block, else as per-key-block float32
-  parts summed after), and ``dk += ds^T q * scale``, ``dv += p^T do`` accumulated over the
-  split and written as per-split float32 parts summed after (deterministic, no atomics).
+* ``_short_attn_dq_kernel``: ``delta = rowsum(do * o)`` (stored), ``p = exp(s - lse)``,
+  ``ds = p (do v^T - delta)``, ``dq = ds k * scale`` (written directly with one key block,
+  else as per-key-block float32 parts summed after);
+* ``_short_attn_dkdv_kernel``: ``dk += ds^T q * scale``, ``dv += p^T do`` over the split, in
+  the transposed (keys x queries) form, written as per-split float32 parts summed after
+  (deterministic, no atomics). Apart from ``dq`` so that each pass holds one float32
+  accumulator: fused, the two spilled registers.
 
 Tensors are ``(B, L, H, D)`` views with unit stride over ``D`` (the layout the projections
 produce, so no transposes); the key mask ``(B, S)`` is True where a key may be attended to.
-A query row with every key masked gets zeros (PyTorch's SDPA does the same since 2.5).
+A query row with every key masked gets zeros, as PyTorch's SDPA gives (the tests compare them).
 """
 
 from __future__ import annotations
@@ -214,6 +216,11 @@ def _check(q, k, v, mask):
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"q {tuple(q.shape)} and k/v {tuple(k.shape)} differ in batch, heads or head width")
+    if not q.dtype == k.dtype == v.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(
+            f"short_attention takes q, k, v of one dtype among float16, bfloat16 and float32, got {q.dtype}, "
+            f"{k.dtype}, {v.dtype}"
+        )
     if q.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"short_attention supports head widths up to {MAX_HEAD_DIM}, got {q.shape[-1]}")
     if mask is not None and (mask.dtype != torch.bool or mask.shape != (k.shape[0], k.shape[1])):

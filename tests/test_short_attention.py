@@ -140,6 +140,8 @@ def test_short_attention_rejects_bad_shapes_and_masks():
     q, k = torch.randn(1, 4, 2, 8), torch.randn(1, 3, 2, 8)
     with pytest.raises(ValueError, match="differ in batch, heads or head width"):
         short_attention(q, torch.randn(1, 3, 1, 8), torch.randn(1, 3, 1, 8))
+    with pytest.raises(ValueError, match=r"one dtype among float16, bfloat16 and float32, got torch\.float32, "):
+        short_attention(q, k.bfloat16(), k)
     with pytest.raises(ValueError, match="key mask must be bool"):
         short_attention(q, k, k, torch.ones(1, 3))
     with pytest.raises(ValueError, match="head widths up to 128, got 160"):
