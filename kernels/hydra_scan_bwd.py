@@ -253,7 +253,8 @@ def _dbc_kernel(
 
     The carried-state term is summed over the group's heads here (one ``BM x P x BN`` product
     per head); the in-chunk term is one product with the head-summed ``W`` of ``_dw_kernel``.
-    Output ``dbc`` is (B, L, 4, G, N) float32 laid out like ``BC``: dB_f, dC_f, dB_b, dC_b.
+    Output ``dbc`` is (B, L, 4, G, N) laid out like ``BC`` (dB_f, dC_f, dB_b, dC_b), any dtype;
+    the pass writes every entry but ``dC_f[L - 1]`` and ``dC_b[0]`` (zero: no token reads them).
 
     In the dC pass each head's carried-state product, dotted with ``C~`` before the sum over
     heads, also gives this N block's share of ``dy . y^f`` and ``dy . y^b`` of the carried-state
@@ -349,15 +350,17 @@ def _dbc_kernel(
         acc_f += _mm(W_f.to(Of.dtype), Of, IEEE)
         acc_b += _mm(W_b.to(Ob.dtype), Ob, IEEE)
     out = dbc_ptr + b * s_ob + g * N + n[None, :]
+    out_dtype = dbc_ptr.dtype.element_ty
     if WANT_DB:  # dB_f[s], dB_b[s]
         mask = rvalid[:, None] & nmask[None, :]
-        tl.store(out + rows[:, None] * s_ol, acc_f, mask=mask)
-        tl.store(out + 2 * G * N + rows[:, None] * s_ol, acc_b, mask=mask)
+        tl.store(out + rows[:, None] * s_ol, acc_f.to(out_dtype), mask=mask)
+        tl.store(out + 2 * G * N + rows[:, None] * s_ol, acc_b.to(out_dtype), mask=mask)
     else:  # dC_f[t - 1] = dC~_f[t], dC_b[t + 1] = dC~_b[t]
         rf = rows - 1
         rb = rows + 1
-        tl.store(out + G * N + rf[:, None] * s_ol, acc_f, mask=((rf >= 0) & rvalid)[:, None] & nmask[None, :])
-        tl.store(out + 3 * G * N + rb[:, None] * s_ol, acc_b, mask=(rb < L)[:, None] & nmask[None, :])
+        tl.store(out + G * N + rf[:, None] * s_ol, acc_f.to(out_dtype),
+                 mask=((rf >= 0) & rvalid)[:, None] & nmask[None, :])
+        tl.store(out + 3 * G * N + rb[:, None] * s_ol, acc_b.to(out_dtype), mask=(rb < L)[:, None] & nmask[None, :])
 
 
 @triton.jit
@@ -472,7 +475,14 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
         x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
         Q=q, P=headdim, BT=bt, IEEE=ieee, WIDE=wide, num_warps=CONFIG["dw_warps"],
     )
-    dbc = torch.zeros(batch, seqlen, 4, ngroups, d_state, device=device, dtype=torch.float32)
+    if dBC_out is not None:
+        dbc = _destination("dBC_out", dBC_out, BC.shape)
+        if dbc.stride(2) != ngroups * d_state or dbc.stride(3) != d_state:
+            raise ValueError(f"dBC_out must be contiguous in its last three dimensions, got strides {dbc.stride()}")
+    else:
+        dbc = torch.empty(batch, seqlen, 4, ngroups, d_state, device=device, dtype=out_dtypes[1])
+    dbc[:, seqlen - 1, 1].zero_()  # dC_f[L - 1] and dC_b[0]: no token reads them, the kernel skips them
+    dbc[:, 0, 3].zero_()
     bn_bc = min(CONFIG["dbc_bn"], triton.next_power_of_2(d_state))
     n_dot = triton.cdiv(d_state, bn_bc)
     # The dC pass also gives dy . y^f and dy . y^b of the carried-state parts, per token, head and state block.
@@ -504,6 +514,6 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
         ddt_raw,
         ddt_bias.to(dt_bias.dtype),
         dA.to(A.dtype),
-        dbc.to(out_dtypes[1]) if dBC_out is None else _destination("dBC_out", dBC_out, BC.shape).copy_(dbc),
+        dbc,
         ddiag.to(diag.dtype),
     )

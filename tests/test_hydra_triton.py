@@ -65,12 +65,16 @@ INTERPRETER_CHECK = textwrap.dedent(
         print(L, rel_err(y, ref))
 
     # Backward: every gradient against float64 autograd through the reference; the second case
-    # with dB/dC state blocks of 8, so the decay gradients sum partial dots over two blocks.
+    # with dB/dC state blocks of 8, so the decay gradients sum partial dots over two blocks; the
+    # third with chunks of 128, two dB/dC row blocks per chunk (float32 tiles of 64 rows), of which
+    # only the first gives the chunk term.
     from hthlight.kernels.hydra_scan import CONFIG
     from hthlight.kernels.hydra_scan_bwd import hydra_scan_bwd
 
     errors = []
-    for (b, L, H, P, G, N, q, bn) in [(1, 45, 2, 16, 1, 16, 32, 64), (2, 70, 4, 16, 2, 16, 32, 8)]:
+    for (b, L, H, P, G, N, q, bn) in [
+        (1, 45, 2, 16, 1, 16, 32, 64), (2, 70, 4, 16, 2, 16, 32, 8), (1, 300, 2, 16, 1, 16, 128, 64)
+    ]:
         CONFIG["dbc_bn"] = bn
         args = random_inputs(b, L, H, P, G, N, torch.float32, "cpu", seed=3)
         dy = torch.randn(b, L, H, P)
