@@ -260,12 +260,16 @@ def _gated_rmsnorm_bwd_kernel(
     s_yl,
     s_zb,
     s_zl,
+    s_dzb,
+    s_dzl,
     ROWS: tl.constexpr,
     BD: tl.constexpr,
+    WANT_DY: tl.constexpr,
+    WANT_DZ: tl.constexpr,
 ):
     # out = yhat * w * g with yhat = y * rstd, g = silu(z); per row:
     #   dyhat = dout * w * g,  dy = rstd * (dyhat - yhat * mean(dyhat * yhat)),
-    #   dz = dout * yhat * w * silu'(z),  dw = sum over rows of dout * yhat * g (partial per program).
+    #   dz = dout * yhat * w * silu'(z),  dw = sum over rows of dout * yhat * g (partial per program, with dy).
     pid = tl.program_id(0)
     cols = tl.arange(0, BD)
     mask = cols < D
@@ -282,15 +286,17 @@ def _gated_rmsnorm_bwd_kernel(
         rstd = 1.0 / tl.sqrt(tl.sum(y * y, axis=0) / D + eps)
         yhat = y * rstd
         sig = 1.0 / (1.0 + tl.exp(-z))
-        g = z * sig
-        dw += do * yhat * g
-        dyhat = do * w * g
-        dy = rstd * (dyhat - yhat * (tl.sum(dyhat * yhat, axis=0) / D))
-        dz = do * yhat * w * sig * (1.0 + z * (1.0 - sig))
-        out = row.to(tl.int64) * D + cols
-        tl.store(dy_ptr + out, dy.to(dy_ptr.dtype.element_ty), mask=m)
-        tl.store(dz_ptr + out, dz.to(dz_ptr.dtype.element_ty), mask=m)
-    tl.store(part_ptr + pid.to(tl.int64) * D + cols, dw, mask=mask)
+        if WANT_DY:
+            g = z * sig
+            dw += do * yhat * g
+            dyhat = do * w * g
+            dy = rstd * (dyhat - yhat * (tl.sum(dyhat * yhat, axis=0) / D))
+            tl.store(dy_ptr + row.to(tl.int64) * D + cols, dy.to(dy_ptr.dtype.element_ty), mask=m)
+        if WANT_DZ:
+            dz = do * yhat * w * sig * (1.0 + z * (1.0 - sig))
+            tl.store(dz_ptr + bi * s_dzb + li * s_dzl + cols, dz.to(dz_ptr.dtype.element_ty), mask=m)
+    if WANT_DY:
+        tl.store(part_ptr + pid.to(tl.int64) * D + cols, dw, mask=mask)
 
 
 def gated_rmsnorm_bwd(
@@ -301,36 +307,48 @@ def gated_rmsnorm_bwd(
     eps: float,
     *,
     rows_per_program: int = 16,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads: str = "all",
+    dz_out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of :func:`gated_rmsnorm_fwd`: ``(dy_BLD, dz_BLD, dweight_D)``, one kernel.
 
     One program per ``rows_per_program`` tokens, one row at a time (rstd recomputed); ``dy`` and
     ``dz`` are contiguous in the dtypes of ``y`` and ``z``, ``dweight`` is reduced from float32
     partial rows in the weight's dtype. Inputs may be any (B, L, D) views with stride(-1) == 1.
+
+    ``grads``: ``"all"``, ``"dy"`` (``dy`` and ``dweight``; ``None`` for ``dz``) or ``"dz"`` (``dz``
+    alone): a caller can take ``dz`` later, straight into its place in a larger gradient buffer
+    (``dz_out``: any (B, L, D) view with stride(-1) == 1), instead of holding it meanwhile.
     """
+    if grads not in ("all", "dy", "dz"):
+        raise ValueError(f"grads must be 'all', 'dy' or 'dz', got {grads!r}")
     batch, seqlen, dim = y_BLD.shape
-    for name, t in (("dout", dout_BLD), ("z", z_BLD)):
+    others = {"dout": dout_BLD, "z": z_BLD, **({"dz_out": dz_out} if dz_out is not None else {})}
+    for name, t in others.items():
         if tuple(t.shape) != tuple(y_BLD.shape):
             raise ValueError(f"{name} has shape {tuple(t.shape)}, y has {tuple(y_BLD.shape)}")
-    for name, t in (("dout", dout_BLD), ("y", y_BLD), ("z", z_BLD)):
+    for name, t in {"y": y_BLD, **others}.items():
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dimension (stride(-1) == 1)")
     if tuple(weight_D.shape) != (dim,):
         raise ValueError(f"weight must have shape ({dim},), got {tuple(weight_D.shape)}")
+    want_dy, want_dz = grads in ("all", "dy"), grads in ("all", "dz")
     rows = batch * seqlen
     n_prog = triton.cdiv(rows, rows_per_program)
-    dy = torch.empty(batch, seqlen, dim, device=y_BLD.device, dtype=y_BLD.dtype)
-    dz = torch.empty(batch, seqlen, dim, device=z_BLD.device, dtype=z_BLD.dtype)
-    parts = torch.empty(n_prog, dim, device=y_BLD.device, dtype=torch.float32)
+    dy = torch.empty(batch, seqlen, dim, device=y_BLD.device, dtype=y_BLD.dtype) if want_dy else None
+    dz = None
+    if want_dz:
+        dz = dz_out if dz_out is not None else torch.empty(batch, seqlen, dim, device=z_BLD.device, dtype=z_BLD.dtype)
+    parts = torch.empty(n_prog, dim, device=y_BLD.device, dtype=torch.float32) if want_dy else None
     bd = triton.next_power_of_2(dim)
     _gated_rmsnorm_bwd_kernel[(n_prog,)](
         dout_BLD,
         y_BLD,
         z_BLD,
         weight_D,
-        dy,
-        dz,
-        parts,
+        dy if want_dy else y_BLD,
+        dz if want_dz else z_BLD,
+        parts if want_dy else weight_D,
         rows,
         seqlen,
         dim,
@@ -341,11 +359,15 @@ def gated_rmsnorm_bwd(
         y_BLD.stride(1),
         z_BLD.stride(0),
         z_BLD.stride(1),
+        dz.stride(0) if want_dz else 0,
+        dz.stride(1) if want_dz else 0,
         ROWS=rows_per_program,
         BD=bd,
+        WANT_DY=want_dy,
+        WANT_DZ=want_dz,
         num_warps=min(32, max(4, bd // 256)),  # 8 values per thread (ptxas: 64 registers at D = 6144)
     )
-    return dy, dz, parts.sum(0).to(weight_D.dtype)
+    return dy, dz, parts.sum(0).to(weight_D.dtype) if want_dy else None
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:

@@ -6,21 +6,24 @@ Forward (Hwang et al. 2024, the public layer's order): the centered depthwise co
 and the gated RMSNorm with ``z`` (:func:`~hthlight.kernels.conv_norm.gated_rmsnorm_fwd`).
 
 Backward: the conv's ``dxBC`` is written straight into one gradient buffer laid out like the
-input projection's output ``z | xBC | dt`` (the norm's ``dz`` and the scan's ``ddt`` are copied
-in), the scan's ``dx`` and ``dBC`` straight into one buffer laid out like the conv output
-``x | BC``, and ``fc_D``'s input gradient is added to ``dx`` by the matrix product itself
-(``addmm`` into the slice). Composing separate autograd Functions instead costs a
-concatenation of each buffer's parts and a sum of the two ``dx`` (0.9 ms of 19.6 at HTH-5B
-width, 16k tokens, H100).
+input projection's output ``z | xBC | dt`` (the norm's ``dz`` by a second pass of the norm's
+backward once the scan's is done, the scan's ``ddt`` copied in), the scan's ``dx`` and
+``dBC`` straight into one buffer laid out like the conv output ``x | BC``, and ``fc_D``'s input
+gradient is added to ``dx`` by the matrix product itself (``addmm`` into the slice). Composing
+separate autograd Functions instead costs a concatenation of each buffer's parts and a sum of
+the two ``dx`` (0.9 ms of 19.6 at HTH-5B width, 16k tokens, H100). (Folding that ``addmm``
+into the conv's ``dpre`` pass as a small product per tile was measured and dropped: 0.26-0.30 ms
+more in that pass against the ``addmm``'s 0.21 ms.)
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 from hthlight.kernels.conv_norm import conv1d_silu_bwd, conv1d_silu_fwd, gated_rmsnorm_bwd, gated_rmsnorm_fwd
-from hthlight.kernels.copy import copy_rows_
 from hthlight.kernels.hydra_scan import hydra_scan_fwd
 from hthlight.kernels.hydra_scan_bwd import hydra_scan_bwd
 
@@ -30,11 +33,29 @@ def _decay_rate(A_log_H: torch.Tensor) -> torch.Tensor:
 
 
 class HydraCore(torch.autograd.Function):
-    """``zxbcdt (B, L, E + C + 2H) -> y (B, L, E)``: conv + SiLU, diagonal, scan, gated norm."""
+    """``zxbcdt (B, L, E + C + 2H) -> y (B, L, E)``: conv + SiLU, diagonal, scan, gated norm.
+
+    Everything the backward reads goes through ``save_for_backward``, so activation checkpointing
+    and saved-tensor hooks see all of it (plain ``ctx`` attributes would stay alive through a
+    checkpointed block). With ``keep_states`` the scan's carried states (and step sizes, decays,
+    ``CB``) are kept for the backward instead of recomputed.
+    """
 
     @staticmethod
     def forward(
-        ctx, zxbcdt, conv_weight, conv_bias, fc_D_weight, D, dt_bias, A_log, norm_weight, shape, eps, chunk_size
+        ctx,
+        zxbcdt,
+        conv_weight,
+        conv_bias,
+        fc_D_weight,
+        D,
+        dt_bias,
+        A_log,
+        norm_weight,
+        shape,
+        eps,
+        chunk_size,
+        keep_states,
     ):
         inner, channels = norm_weight.shape[0], conv_weight.shape[0]
         nheads, ngroups, d_state = shape
@@ -42,7 +63,7 @@ class HydraCore(torch.autograd.Function):
         xBC_act = conv1d_silu_fwd(zxbcdt[..., inner : inner + channels], conv_weight, conv_bias)
         x = xBC_act[..., :inner]
         diag = F.linear(x, fc_D_weight.to(x.dtype), D.to(x.dtype))  # fc_D(x) + D, the bias in the product
-        y = hydra_scan_fwd(
+        y, parts = hydra_scan_fwd(
             x.unflatten(-1, (nheads, -1)),
             zxbcdt[..., inner + channels :],
             dt_bias,
@@ -50,22 +71,31 @@ class HydraCore(torch.autograd.Function):
             xBC_act[..., inner:].unflatten(-1, (4, ngroups, d_state)),
             diag,
             chunk_size=chunk_size,
+            return_parts=True,
         )
-        ctx.save_for_backward(zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight)
-        # Intermediates on ctx (not saved tensors), so the backward can drop each once used.
-        ctx.xBC_act, ctx.y, ctx.diag = xBC_act, y, diag
+        kept = (parts.dt, parts.cum, parts.cb, parts.states) if keep_states else ()
+        ctx.save_for_backward(
+            zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight, xBC_act, y, diag, *kept
+        )
+        ctx.parts_meta = tuple((k, v) for k, v in vars(parts).items() if not torch.is_tensor(v))  # ints, bools
         ctx.shape, ctx.eps, ctx.chunk_size, ctx.D_dtype = shape, eps, chunk_size, D.dtype
         return gated_rmsnorm_fwd(y.flatten(2), z, norm_weight, eps)
 
     @staticmethod
     def backward(ctx, dout):
-        zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight = ctx.saved_tensors
-        xBC_act, diag = ctx.xBC_act, ctx.diag
+        zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight, xBC_act, y, diag, *kept = (
+            ctx.saved_tensors
+        )
+        parts = None
+        if kept:
+            parts = SimpleNamespace(**dict(ctx.parts_meta), **dict(zip(("dt", "cum", "cb", "states"), kept)))
         nheads, ngroups, d_state = ctx.shape
         inner, channels = norm_weight.shape[0], conv_weight.shape[0]
+        z = zxbcdt[..., :inner]
         dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-        dy, dz, dnorm_weight = gated_rmsnorm_bwd(dout, ctx.y.flatten(2), zxbcdt[..., :inner], norm_weight, ctx.eps)
-        ctx.y = None  # freed before the scan's buffers are allocated (peak memory)
+        # The norm's dz is taken after the scan's backward (the layer's peak), straight into the
+        # input projection's gradient buffer, allocated only then: neither is held through the peak.
+        dy, _, dnorm_weight = gated_rmsnorm_bwd(dout, y.flatten(2), z, norm_weight, ctx.eps, grads="dy")
         dact = torch.empty_like(xBC_act)
         x = xBC_act[..., :inner]
         A = _decay_rate(A_log)
@@ -80,27 +110,23 @@ class HydraCore(torch.autograd.Function):
             ctx.chunk_size,
             dx_out=dact[..., :inner].unflatten(-1, (nheads, -1)),
             dBC_out=dact[..., inner:].unflatten(-1, (4, ngroups, d_state)),
+            parts=parts,
         )
-        del dy, diag
-        ctx.diag = None
+        del dy, parts, kept
         # diag = x fc_D^T + D: fc_D's input gradient is accumulated into dx by the product.
         ddiag_NH = ddiag.reshape(-1, nheads).to(x.dtype)
         dact[..., :inner].view(-1, inner).addmm_(ddiag_NH, fc_D_weight.to(x.dtype))
         dfc_D = (ddiag_NH.t() @ x.reshape(-1, inner)).to(fc_D_weight.dtype)
         dD = ddiag.sum((0, 1)).to(ctx.D_dtype)
-        del x, xBC_act, ddiag, ddiag_NH
-        ctx.xBC_act = None
-        # The input projection's gradient buffer is allocated only now, after the scan's backward
-        # (the layer's peak): dz is copied in (0.15 ms at HTH-5B width, 16k tokens, H100) rather than
-        # the whole buffer held through the scan (by the buffer sizes, about 1 GB more at 65k tokens).
+        del ddiag, ddiag_NH
         dzxbcdt = torch.empty_like(zxbcdt)
-        copy_rows_(dzxbcdt[..., :inner], dz)  # 0.15 ms; Tensor.copy_ into the slice took 0.25
+        gated_rmsnorm_bwd(dout, y.flatten(2), z, norm_weight, ctx.eps, grads="dz", dz_out=dzxbcdt[..., :inner])
         dzxbcdt[..., inner + channels :].copy_(ddt_raw)
-        del dz, ddt_raw
+        del ddt_raw
         xBC, dxBC = zxbcdt[..., inner : inner + channels], dzxbcdt[..., inner : inner + channels]
         _, dconv_weight, dconv_bias = conv1d_silu_bwd(dact, xBC, conv_weight, conv_bias, dx_out=dxBC)
         dA_log = (dA * A).to(A_log.dtype)  # A = -exp(A_log)
-        return dzxbcdt, dconv_weight, dconv_bias, dfc_D, dD, ddt_bias, dA_log, dnorm_weight, None, None, None
+        return dzxbcdt, dconv_weight, dconv_bias, dfc_D, dD, ddt_bias, dA_log, dnorm_weight, None, None, None, None
 
 
 def hydra_core(
@@ -118,8 +144,14 @@ def hydra_core(
     d_state: int,
     eps: float,
     chunk_size: int,
+    keep_states: bool = True,
 ) -> torch.Tensor:
-    """Differentiable Hydra core (see :class:`HydraCore`); ``zxbcdt_BLF`` is the input projection's output."""
+    """Differentiable Hydra core (see :class:`HydraCore`); ``zxbcdt_BLF`` is the input projection's output.
+
+    ``keep_states``: keep the scan's carried states from the forward for the backward (``B L/Q 2 H N P``
+    values in the activations' dtype: 805 MB at HTH-5B width and 16k tokens), 0.8 ms less backward
+    there; ``False`` recomputes them in the backward instead.
+    """
     return HydraCore.apply(
         zxbcdt_BLF,
         conv_weight_C1K,
@@ -132,4 +164,5 @@ def hydra_core(
         (nheads, ngroups, d_state),
         eps,
         chunk_size,
+        keep_states,
     )

@@ -280,7 +280,9 @@ def hydra_scan_fwd(
     BC_BL4GN: torch.Tensor,
     diag_BLH: torch.Tensor,
     chunk_size: int = 128,
-) -> torch.Tensor:
+    *,
+    return_parts: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SimpleNamespace]:
     """Hydra's sequence mixing ``y = M x`` (see the module docstring), forward only.
 
     Args:
@@ -293,8 +295,12 @@ def hydra_scan_fwd(
         diag_BLH: the diagonal ``fc_D(x) + D``.
         chunk_size: SSD chunk length ``Q`` (a power of two, 32 to 256).
 
+        return_parts: also return the step sizes, cumulative decays, ``CB`` matrices and carried
+            states the forward computed, for :func:`~hthlight.kernels.hydra_scan_bwd.hydra_scan_bwd`
+            (``parts``) to use instead of recomputing them.
+
     Returns:
-        ``y_BLHP`` (contiguous) in the dtype of ``x``.
+        ``y_BLHP`` (contiguous) in the dtype of ``x``; with ``return_parts``, ``(y_BLHP, parts)``.
     """
     parts = _forward_parts(x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH, chunk_size)
     batch, seqlen, nheads, headdim = x_BLHP.shape
@@ -312,7 +318,7 @@ def hydra_scan_fwd(
         Q=q, P=headdim, BM=bm, BK=bk, BN=parts.bn, IEEE=parts.ieee, WIDE=parts.wide,
         num_warps=CONFIG["out_warps"],
     )
-    return y
+    return (y, parts) if return_parts else y
 
 
 def _forward_parts(

@@ -132,6 +132,15 @@ INTERPRETER_CHECK = textwrap.dedent(
     errs = [rel_err(a, b) for a, b in zip(got, ref)]
     print("norm_bwd", errs)
     worst = max(worst, *errs)
+    # In two passes: dy and dweight, then dz alone into a slice of a wider buffer.
+    dy1, none_dz, dw1 = conv_norm.gated_rmsnorm_bwd(dout, y, z, weight.detach(), 1e-5, rows_per_program=5, grads="dy")
+    wide = torch.full((2, 37, 60), 3.0)
+    none_dy, dz2, none_dw = conv_norm.gated_rmsnorm_bwd(
+        dout, y, z, weight.detach(), 1e-5, rows_per_program=5, grads="dz", dz_out=wide[..., 7:55]
+    )
+    same = torch.equal(dy1, got[0]) and torch.equal(dw1, got[2]) and torch.equal(wide[..., 7:55], got[1])
+    untouched = bool((wide[..., :7] == 3).all() and (wide[..., 55:] == 3).all())
+    print("norm_bwd_split", same, untouched, none_dz is None and none_dy is None and none_dw is None)
     # out.sum().backward(): the Functions get an expanded (all strides 0) output gradient.
     wide, weight, bias, _ = conv_case(1, 37, 20, 7, True, torch.float32, torch.float32, "cpu", seed=7)
     ref_in = [t.detach().double().requires_grad_(True) for t in (wide, weight, bias)]
@@ -157,7 +166,8 @@ def test_kernels_match_reference_in_interpreter():
     """Forward and every gradient in Triton's CPU interpreter: K 3 and 7, with and without bias, odd L."""
     stdout = run_interpreted(INTERPRETER_CHECK)
     lines = stdout.strip().splitlines()
-    assert len(lines) == 4 + 4 + 2 + 2 + 1 and lines[-1].startswith("WORST"), stdout
+    assert "norm_bwd_split True True True" in lines, stdout
+    assert len(lines) == 4 + 4 + 2 + 1 + 2 + 1 and lines[-1].startswith("WORST"), stdout
     assert float(lines[-1].split()[1]) <= 1e-5, stdout
 
 
@@ -180,6 +190,10 @@ def test_bad_inputs_raise_value_errors():
     with pytest.raises(ValueError, match="x must be contiguous in its channels"):
         conv1d_silu(x_t, torch.randn(6, 1, 3), None)
     y, w = torch.randn(2, 9, 6), torch.ones(6)
+    with pytest.raises(ValueError, match="grads must be 'all', 'dy' or 'dz', got 'dw'"):
+        gated_rmsnorm_bwd(dy, y, dy, w, 1e-5, grads="dw")
+    with pytest.raises(ValueError, match=r"dz_out has shape \(2, 9, 5\), y has \(2, 9, 6\)"):
+        gated_rmsnorm_bwd(dy, y, dy, w, 1e-5, grads="dz", dz_out=torch.empty(2, 9, 5))
     with pytest.raises(ValueError, match=r"z must be contiguous in its last dimension"):
         gated_rmsnorm_bwd(dy, y, x_t, w, 1e-5)
     with pytest.raises(ValueError, match=r"dout must be contiguous in its last dimension"):

@@ -106,7 +106,7 @@ CORE_CHECK = textwrap.dedent(
     from tests.test_hydra_triton import rel_err
 
     torch.manual_seed(0)
-    for seqlen, ngroups in [(37, 1), (70, 2)]:
+    for seqlen, ngroups, keep_states in [(37, 1, True), (70, 2, True), (71, 2, False)]:
         m = HydraMixer(32, d_state=16, headdim=16, ngroups=ngroups, chunk_size=32, backend="torch")
         with torch.no_grad():  # away from the init (A_log = 0, D = 1, zero biases)
             for param in m.parameters():
@@ -116,7 +116,7 @@ CORE_CHECK = textwrap.dedent(
         g = torch.randn(2, seqlen, 32)
         core = hydra_core(
             m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.fc_D.weight, m.D, m.dt_bias, m.A_log, m.norm.weight,
-            nheads=m.nheads, ngroups=ngroups, d_state=16, eps=m.norm.eps, chunk_size=32,
+            nheads=m.nheads, ngroups=ngroups, d_state=16, eps=m.norm.eps, chunk_size=32, keep_states=keep_states,
         )
         y = m.out_proj(core)
         u64 = u.detach().double().requires_grad_(True)
@@ -125,17 +125,36 @@ CORE_CHECK = textwrap.dedent(
         ref_grads = torch.autograd.grad(ref, [u64, *ref_m.parameters()], g.double())
         errors = [rel_err(y, ref)] + [rel_err(a, b) for a, b in zip(grads, ref_grads)]
         print(seqlen, max(errors))
+
+    # Everything the backward reads passes through saved-tensor hooks (what activation checkpointing
+    # and offloading intercept): the conv output, the scan output and, when kept, the carried states.
+    m = HydraMixer(32, d_state=16, headdim=16, chunk_size=32, backend="torch")
+    u = torch.randn(1, 40, 32)
+    for keep_states in (True, False):
+        packed = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(tuple(t.shape)) or t, lambda t: t):
+            core = hydra_core(
+                m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.fc_D.weight, m.D, m.dt_bias, m.A_log,
+                m.norm.weight, nheads=m.nheads, ngroups=1, d_state=16, eps=m.norm.eps, chunk_size=32,
+                keep_states=keep_states,
+            )
+        core.sum().backward()
+        conv_out, scan_out, states = (1, 40, 64 + 64), (1, 40, 4, 16), (1, 2, 2, 4, 16, 16)
+        print("hooks", keep_states, conv_out in packed, scan_out in packed, states in packed)
     """
 )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU layer tests run the compiled kernels")
 def test_triton_layer_core_matches_reference_mixer_in_interpreter():
-    """hydra_core (conv, diagonal, scan, norm; one gradient buffer) equals the PyTorch mixer, every gradient."""
-    stdout = run_interpreted(CORE_CHECK)
-    errors = {line.split()[0]: float(line.split()[1]) for line in stdout.strip().splitlines()}
-    assert set(errors) == {"37", "70"}, stdout
-    assert max(errors.values()) < 1e-5, stdout
+    """hydra_core (conv, diagonal, scan, norm; one gradient buffer) equals the PyTorch mixer, every
+    gradient, with the carried states kept or recomputed; all it saves goes through saved-tensor hooks."""
+    lines = run_interpreted(CORE_CHECK).strip().splitlines()
+    hooks = [line for line in lines if line.startswith("hooks")]
+    assert hooks == ["hooks True True True True", "hooks False True True False"], lines
+    errors = {line.split()[0]: float(line.split()[1]) for line in lines if not line.startswith("hooks")}
+    assert set(errors) == {"37", "70", "71"}, lines
+    assert max(errors.values()) < 1e-5, lines
 
 
 def test_backend_choice_and_errors():
