@@ -293,3 +293,30 @@ def test_triton_layer_forward_and_gradients_match_reference(scan, ngroups, dtype
         if name in ("dt_bias", "A_log", "D"):
             bound = 1e-3 if dtype == torch.float32 else 3e-2
         assert rel_err(grads[name], g) < bound, name
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_and_recomputed_states_give_the_same_gradients(dtype):
+    """``recompute_states`` trades memory for time only: the same gradients, bit for bit, with and
+    without activation checkpointing (non-reentrant, as FSDP's policy applies it)."""
+    from torch.utils.checkpoint import checkpoint
+
+    from hthlight.mixers.hydra import HydraMixer
+
+    torch.manual_seed(0)
+    layer = HydraMixer(128, scan="v", d_state=32, headdim=32, ngroups=2, chunk_size=64, backend="triton")
+    layer = layer.cuda().to(dtype)
+    x = torch.randn(2, 300, 128, device="cuda").to(dtype)
+    results = []
+    for recompute, checkpointed in [(False, False), (True, False), (False, True)]:
+        layer.recompute_states = recompute
+        layer.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_(True)
+        out = checkpoint(layer, xg, (15, 20), use_reentrant=False) if checkpointed else layer(xg, grid=(15, 20))
+        out.float().square().sum().backward()
+        results.append([out.detach(), xg.grad] + [p.grad for p in layer.parameters()])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

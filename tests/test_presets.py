@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from hthlight.errors import ConfigError
+from hthlight.mixers.hydra import HydraMixer
 from hthlight.models import presets
+from hthlight.models.denoiser import Denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +74,14 @@ def test_dimba_layout_ratio_and_size(name, depth, width, reported):
     assert 0.75 < count(model) / reported < 1.25
     two_to_one = meta(name, mamba_per_attention=2)
     assert mixers(two_to_one)[:3] == ["BiSSMMixer", "BiSSMMixer", "AttentionMixer"]
+
+
+def test_hth_recompute_states_reaches_every_hydra_mixer():
+    with torch.device("meta"):
+        model = Denoiser(presets.config("hth-s", recompute_states=True, groups=1, hydra_per_group=2))
+    hydra = [block.mixer for block in model.blocks if isinstance(block.mixer, HydraMixer)]
+    assert len(hydra) == 2 and all(m.recompute_states for m in hydra)
+    assert "recompute_states" not in str(presets.config("hth-s").layout)  # the default stays implicit
 
 
 def test_aliases_overrides_and_unknown_names():

@@ -40,9 +40,13 @@ def hth(
     d_conv: int = 7,
     ngroups: int = 1,
     text_width: int = T5_XXL_WIDTH,
+    recompute_states: bool = False,
     **fields: Any,
 ) -> DenoiserConfig:
-    """HTH: ``groups`` x (``hydra_per_group`` Hydra blocks alternating h/v scans + 1 attention block)."""
+    """HTH: ``groups`` x (``hydra_per_group`` Hydra blocks alternating h/v scans + 1 attention block).
+
+    ``recompute_states``: the Hydra mixers' option of that name (memory for backward time).
+    """
     hydra = {
         "name": "hydra",
         "d_state": d_state,
@@ -50,6 +54,7 @@ def hth(
         "expand": expand,
         "d_conv": d_conv,
         "ngroups": ngroups,
+        **({"recompute_states": True} if recompute_states else {}),
     }
     layout = [
         {
