@@ -314,7 +314,7 @@ def test_kept_and_recomputed_states_give_the_same_gradients(dtype):
         layer.recompute_states = recompute
         layer.zero_grad(set_to_none=True)
         xg = x.clone().requires_grad_(True)
-        out = checkpoint(layer, xg, (15, 20), use_reentrant=False) if checkpointed else layer(xg, grid=(15, 20))
+        out = checkpoint(layer, xg, (1, 15, 20), use_reentrant=False) if checkpointed else layer(xg, grid=(1, 15, 20))
         out.float().square().sum().backward()
         results.append([out.detach(), xg.grad] + [p.grad for p in layer.parameters()])
     for other in results[1:]:
