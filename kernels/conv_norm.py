@@ -365,7 +365,9 @@ def gated_rmsnorm_bwd(
         BD=bd,
         WANT_DY=want_dy,
         WANT_DZ=want_dz,
-        num_warps=min(32, max(4, bd // 256)),  # 8 values per thread (ptxas: 64 registers at D = 6144)
+        # 16 warps at D = 6144 (16 tokens a program): dy pass 0.41 ms, dz pass 0.28 ms at 16k tokens on an
+        # H100, against 0.43 / 0.35 ms with 32 warps and 0.49 / 0.29 ms with 8 (4-32 tokens a program measured).
+        num_warps=min(16, max(4, bd // 512)),
     )
     return dy, dz, parts.sum(0).to(weight_D.dtype) if want_dy else None
 
