@@ -63,7 +63,7 @@ class HydraCore(torch.autograd.Function):
         xBC_act = conv1d_silu_fwd(zxbcdt[..., inner : inner + channels], conv_weight, conv_bias)
         x = xBC_act[..., :inner]
         diag = F.linear(x, fc_D_weight.to(x.dtype), D.to(x.dtype))  # fc_D(x) + D, the bias in the product
-        y, parts = hydra_scan_fwd(
+        out = hydra_scan_fwd(
             x.unflatten(-1, (nheads, -1)),
             zxbcdt[..., inner + channels :],
             dt_bias,
@@ -71,13 +71,15 @@ class HydraCore(torch.autograd.Function):
             xBC_act[..., inner:].unflatten(-1, (4, ngroups, d_state)),
             diag,
             chunk_size=chunk_size,
-            return_parts=True,
+            return_parts=keep_states,
         )
+        y, parts = out if keep_states else (out, None)
         kept = (parts.dt, parts.cum, parts.cb, parts.states) if keep_states else ()
         ctx.save_for_backward(
             zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight, xBC_act, y, diag, *kept
         )
-        ctx.parts_meta = tuple((k, v) for k, v in vars(parts).items() if not torch.is_tensor(v))  # ints, bools
+        ctx.parts_meta = tuple((k, v) for k, v in vars(parts).items() if not torch.is_tensor(v)) if kept else ()
+        del out, parts
         ctx.shape, ctx.eps, ctx.chunk_size, ctx.D_dtype = shape, eps, chunk_size, D.dtype
         return gated_rmsnorm_fwd(y.flatten(2), z, norm_weight, eps)
 
@@ -152,6 +154,9 @@ def hydra_core(
     values in the activations' dtype: 805 MB at HTH-5B width and 16k tokens), 0.8 ms less backward
     there; ``False`` recomputes them in the backward instead.
     """
+    tensors = (zxbcdt_BLF, conv_weight_C1K, conv_bias_C, fc_D_weight_HE, D_H, dt_bias_H, A_log_H, norm_weight_E)
+    # Without a backward to come (inference) the states are freed in the forward, before the norm's output exists.
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     return HydraCore.apply(
         zxbcdt_BLF,
         conv_weight_C1K,
@@ -164,5 +169,5 @@ def hydra_core(
         (nheads, ngroups, d_state),
         eps,
         chunk_size,
-        keep_states,
+        keep_states and grad,
     )

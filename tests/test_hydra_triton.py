@@ -141,6 +141,19 @@ CORE_CHECK = textwrap.dedent(
         core.sum().backward()
         conv_out, scan_out, states = (1, 40, 64 + 64), (1, 40, 4, 16), (1, 2, 2, 4, 16, 16)
         print("hooks", keep_states, conv_out in packed, scan_out in packed, states in packed)
+
+    # Without a backward to come (no_grad, inference) the forward asks the scan for no states to keep.
+    import hthlight.kernels.hydra_core as core_module
+    asked = []
+    scan_fwd = core_module.hydra_scan_fwd
+    core_module.hydra_scan_fwd = lambda *a, **k: asked.append(k["return_parts"]) or scan_fwd(*a, **k)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            hydra_core(
+                m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.fc_D.weight, m.D, m.dt_bias, m.A_log,
+                m.norm.weight, nheads=m.nheads, ngroups=1, d_state=16, eps=m.norm.eps, chunk_size=32,
+            )
+    print("keep_asked", *asked)
     """
 )
 
@@ -148,11 +161,13 @@ CORE_CHECK = textwrap.dedent(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU layer tests run the compiled kernels")
 def test_triton_layer_core_matches_reference_mixer_in_interpreter():
     """hydra_core (conv, diagonal, scan, norm; one gradient buffer) equals the PyTorch mixer, every
-    gradient, with the carried states kept or recomputed; all it saves goes through saved-tensor hooks."""
+    gradient, with the carried states kept or recomputed; all it saves goes through saved-tensor hooks;
+    without grad it keeps no states."""
     lines = run_interpreted(CORE_CHECK).strip().splitlines()
     hooks = [line for line in lines if line.startswith("hooks")]
     assert hooks == ["hooks True True True True", "hooks False True True False"], lines
-    errors = {line.split()[0]: float(line.split()[1]) for line in lines if not line.startswith("hooks")}
+    assert "keep_asked True False" in lines, lines
+    errors = {line.split()[0]: float(line.split()[1]) for line in lines if line.split()[0].isdigit()}
     assert set(errors) == {"37", "70", "71"}, lines
     assert max(errors.values()) < 1e-5, lines
 
