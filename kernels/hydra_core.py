@@ -56,6 +56,7 @@ class HydraCore(torch.autograd.Function):
         eps,
         chunk_size,
         keep_states,
+        needs_backward,
     ):
         inner, channels = norm_weight.shape[0], conv_weight.shape[0]
         nheads, ngroups, d_state = shape
@@ -74,12 +75,14 @@ class HydraCore(torch.autograd.Function):
             return_parts=keep_states,
         )
         y, parts = out if keep_states else (out, None)
-        kept = (parts.dt, parts.cum, parts.cb, parts.states) if keep_states else ()
-        ctx.save_for_backward(
-            zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight, xBC_act, y, diag, *kept
-        )
-        ctx.parts_meta = tuple((k, v) for k, v in vars(parts).items() if not torch.is_tensor(v)) if kept else ()
-        del out, parts
+        if needs_backward:
+            kept = (parts.dt, parts.cum, parts.cb, parts.states) if keep_states else ()
+            ctx.save_for_backward(
+                zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight, xBC_act, y, diag, *kept
+            )
+            ctx.parts_meta = tuple((k, v) for k, v in vars(parts).items() if not torch.is_tensor(v)) if kept else ()
+        # Inference: the conv output and the diagonal are freed before the norm's output is allocated.
+        del out, parts, xBC_act, x, diag
         ctx.shape, ctx.eps, ctx.chunk_size, ctx.D_dtype = shape, eps, chunk_size, D.dtype
         return gated_rmsnorm_fwd(y.flatten(2), z, norm_weight, eps)
 
@@ -128,7 +131,8 @@ class HydraCore(torch.autograd.Function):
         xBC, dxBC = zxbcdt[..., inner : inner + channels], dzxbcdt[..., inner : inner + channels]
         _, dconv_weight, dconv_bias = conv1d_silu_bwd(dact, xBC, conv_weight, conv_bias, dx_out=dxBC)
         dA_log = (dA * A).to(A_log.dtype)  # A = -exp(A_log)
-        return dzxbcdt, dconv_weight, dconv_bias, dfc_D, dD, ddt_bias, dA_log, dnorm_weight, None, None, None, None
+        grads = (dzxbcdt, dconv_weight, dconv_bias, dfc_D, dD, ddt_bias, dA_log, dnorm_weight)
+        return *grads, None, None, None, None, None  # shape, eps, chunk_size, keep_states, needs_backward
 
 
 def hydra_core(
@@ -155,7 +159,8 @@ def hydra_core(
     there; ``False`` recomputes them in the backward instead.
     """
     tensors = (zxbcdt_BLF, conv_weight_C1K, conv_bias_C, fc_D_weight_HE, D_H, dt_bias_H, A_log_H, norm_weight_E)
-    # Without a backward to come (inference) the states are freed in the forward, before the norm's output exists.
+    # Without a backward to come (inference) nothing is saved: the states, the conv output and the diagonal
+    # are freed in the forward, before the norm's output exists.
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     return HydraCore.apply(
         zxbcdt_BLF,
@@ -170,4 +175,5 @@ def hydra_core(
         eps,
         chunk_size,
         keep_states and grad,
+        grad,
     )

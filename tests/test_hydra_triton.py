@@ -142,11 +142,22 @@ CORE_CHECK = textwrap.dedent(
         conv_out, scan_out, states = (1, 40, 64 + 64), (1, 40, 4, 16), (1, 2, 2, 4, 16, 16)
         print("hooks", keep_states, conv_out in packed, scan_out in packed, states in packed)
 
-    # Without a backward to come (no_grad, inference) the forward asks the scan for no states to keep.
+    # Without a backward to come (no_grad, inference) the forward asks the scan for no states to keep,
+    # and the conv output is gone (freed) by the time the norm runs.
+    import weakref
     import hthlight.kernels.hydra_core as core_module
-    asked = []
-    scan_fwd = core_module.hydra_scan_fwd
+    asked, conv_out, freed = [], [], []
+    scan_fwd, conv_fwd = core_module.hydra_scan_fwd, core_module.conv1d_silu_fwd
+    norm_fwd = core_module.gated_rmsnorm_fwd
     core_module.hydra_scan_fwd = lambda *a, **k: asked.append(k["return_parts"]) or scan_fwd(*a, **k)
+
+    def conv_recording(*a):
+        out = conv_fwd(*a)
+        conv_out.append(weakref.ref(out))
+        return out
+
+    core_module.conv1d_silu_fwd = conv_recording
+    core_module.gated_rmsnorm_fwd = lambda *a: freed.append(conv_out[-1]() is None) or norm_fwd(*a)
     for grad in (True, False):
         with torch.set_grad_enabled(grad):
             hydra_core(
@@ -154,6 +165,7 @@ CORE_CHECK = textwrap.dedent(
                 m.norm.weight, nheads=m.nheads, ngroups=1, d_state=16, eps=m.norm.eps, chunk_size=32,
             )
     print("keep_asked", *asked)
+    print("conv_out_freed_before_norm", *freed)
     """
 )
 
@@ -162,11 +174,11 @@ CORE_CHECK = textwrap.dedent(
 def test_triton_layer_core_matches_reference_mixer_in_interpreter():
     """hydra_core (conv, diagonal, scan, norm; one gradient buffer) equals the PyTorch mixer, every
     gradient, with the carried states kept or recomputed; all it saves goes through saved-tensor hooks;
-    without grad it keeps no states."""
+    without grad it keeps no states and frees the conv output before the norm."""
     lines = run_interpreted(CORE_CHECK).strip().splitlines()
     hooks = [line for line in lines if line.startswith("hooks")]
     assert hooks == ["hooks True True True True", "hooks False True True False"], lines
-    assert "keep_asked True False" in lines, lines
+    assert "keep_asked True False" in lines and "conv_out_freed_before_norm False True" in lines, lines
     errors = {line.split()[0]: float(line.split()[1]) for line in lines if line.split()[0].isdigit()}
     assert set(errors) == {"37", "70", "71"}, lines
     assert max(errors.values()) < 1e-5, lines
