@@ -105,6 +105,12 @@ CORE_CHECK = textwrap.dedent(
     from hthlight.mixers.hydra import HydraMixer
     from tests.test_hydra_triton import rel_err
 
+    def core_of(m, u, **kw):  # hydra_core on mixer m's parameters and its input projection of u
+        return hydra_core(
+            m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.fc_D.weight, m.D, m.dt_bias, m.A_log, m.norm.weight,
+            nheads=m.nheads, ngroups=m.ngroups, d_state=m.d_state, eps=m.norm.eps, chunk_size=32, **kw,
+        )
+
     torch.manual_seed(0)
     for seqlen, ngroups, keep_states in [(37, 1, True), (70, 2, True), (71, 2, False)]:
         m = HydraMixer(32, d_state=16, headdim=16, ngroups=ngroups, chunk_size=32, backend="torch")
@@ -114,11 +120,7 @@ CORE_CHECK = textwrap.dedent(
         ref_m = copy.deepcopy(m).double()
         u = torch.randn(2, seqlen, 32, requires_grad=True)
         g = torch.randn(2, seqlen, 32)
-        core = hydra_core(
-            m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.fc_D.weight, m.D, m.dt_bias, m.A_log, m.norm.weight,
-            nheads=m.nheads, ngroups=ngroups, d_state=16, eps=m.norm.eps, chunk_size=32, keep_states=keep_states,
-        )
-        y = m.out_proj(core)
+        y = m.out_proj(core_of(m, u, keep_states=keep_states))
         u64 = u.detach().double().requires_grad_(True)
         ref = ref_m.mix_sequence(u64)
         grads = torch.autograd.grad(y, [u, *m.parameters()], g)
@@ -133,11 +135,7 @@ CORE_CHECK = textwrap.dedent(
     for keep_states in (True, False):
         packed = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(tuple(t.shape)) or t, lambda t: t):
-            core = hydra_core(
-                m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.fc_D.weight, m.D, m.dt_bias, m.A_log,
-                m.norm.weight, nheads=m.nheads, ngroups=1, d_state=16, eps=m.norm.eps, chunk_size=32,
-                keep_states=keep_states,
-            )
+            core = core_of(m, u, keep_states=keep_states)
         core.sum().backward()
         conv_out, scan_out, states = (1, 40, 64 + 64), (1, 40, 4, 16), (1, 2, 2, 4, 16, 16)
         print("hooks", keep_states, conv_out in packed, scan_out in packed, states in packed)
@@ -160,10 +158,7 @@ CORE_CHECK = textwrap.dedent(
     core_module.gated_rmsnorm_fwd = lambda *a: freed.append(conv_out[-1]() is None) or norm_fwd(*a)
     for grad in (True, False):
         with torch.set_grad_enabled(grad):
-            hydra_core(
-                m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.fc_D.weight, m.D, m.dt_bias, m.A_log,
-                m.norm.weight, nheads=m.nheads, ngroups=1, d_state=16, eps=m.norm.eps, chunk_size=32,
-            )
+            core_of(m, u)
     print("keep_asked", *asked)
     print("conv_out_freed_before_norm", *freed)
     """
