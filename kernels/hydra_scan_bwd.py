@@ -103,8 +103,12 @@ def _dx_kernel(
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
     IEEE: tl.constexpr, WIDE: tl.constexpr,
 ):
-    """dx (B, L, H, P) with strides (s_ob, s_ol, s_oh, 1); scal (B, 5, H, Lp) float32 per token and head:
-    x.u_f, x.u_b, dy.x, and the parts of x.u_f, x.u_b that come from other chunks (through the adjoint states)."""
+    """dx (B, L, H, P) with strides (s_ob, s_ol, s_oh, 1); scal (B, 3, H, Lp) float32 per token and head:
+    the parts of x.u_f and x.u_b that come from other chunks (through the adjoint states), and dy.x.
+
+    The in-chunk parts of ``x.u`` are the column sums of ``_dw_kernel``'s pair flows, so inside the
+    chunk both directions and their step sizes go into one matrix: one exponential and one product.
+    """
     bh = _pid(0, WIDE)
     c = _pid(1, WIDE)
     m = tl.program_id(2)
@@ -143,11 +147,17 @@ def _dx_kernel(
     u_b = u_b * tl.exp(total_b - cum_b_s)[:, None]
     x = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=svalid[:, None], other=0.0)
     x = x.to(tl.float32)
-    scal = scal_ptr + (b * 5 * H + h) * Lp + s
-    tl.store(scal + 3 * H * Lp, tl.sum(x * u_f, axis=1), mask=svalid)
-    tl.store(scal + 4 * H * Lp, tl.sum(x * u_b, axis=1), mask=svalid)
+    scal = scal_ptr + (b * 3 * H + h) * Lp + s
+    tl.store(scal, tl.sum(x * u_f, axis=1), mask=svalid)
+    tl.store(scal + H * Lp, tl.sum(x * u_b, axis=1), mask=svalid)
+    dy_s = tl.load(dy_ptr + b * s_yb + s[:, None] * s_yl + h * s_yh + p[None, :], mask=svalid[:, None], other=0.0)
+    dy_s = dy_s.to(tl.float32)
+    tl.store(scal + 2 * H * Lp, tl.sum(x * dy_s, axis=1), mask=svalid)
+    d_s = tl.load(diag_ptr + b * s_db + s * s_dl + h, mask=svalid, other=0.0).to(tl.float32)
+    dx = d_s[:, None] * dy_s + dt_f_s[:, None] * u_f + dt_b_s[:, None] * u_b
 
-    # Inside the chunk: the transposed CB matrix, masked and decayed, times dy.
+    # Inside the chunk: the transposed CB matrix, decayed and scaled by dt_s, times dy. One exponential
+    # per entry: the forward part's log-decay where t > s, the backward's where t < s (cb is 0 at t = s).
     si = m * BM + tl.arange(0, BM)
     for k0 in range(0, Q, BK):
         t = c * Q + k0 + tl.arange(0, BK)
@@ -156,22 +166,12 @@ def _dx_kernel(
         excl_f_t = tl.load(cum_ptr + f_base + t) - tl.load(dt_ptr + f_base + t) * A
         excl_b_t = tl.load(cum_ptr + b_base + t) - tl.load(dt_ptr + b_base + t) * A
         later = t[None, :] > s[:, None]
-        earlier = t[None, :] < s[:, None]
-        Nf = tl.where(later, cbT * tl.exp(tl.where(later, excl_f_t[None, :] - cum_f_s[:, None], 0.0)), 0.0)
-        Nb = tl.where(earlier, cbT * tl.exp(tl.where(earlier, excl_b_t[None, :] - cum_b_s[:, None], 0.0)), 0.0)
+        log = tl.where(later, excl_f_t[None, :] - cum_f_s[:, None], excl_b_t[None, :] - cum_b_s[:, None])
+        dt_s = tl.where(later, dt_f_s[:, None], dt_b_s[:, None])
         dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=(t < L)[:, None], other=0.0)
-        u_f += _mm(Nf.to(dy.dtype), dy, IEEE)
-        u_b += _mm(Nb.to(dy.dtype), dy, IEEE)
-
-    dy_s = tl.load(dy_ptr + b * s_yb + s[:, None] * s_yl + h * s_yh + p[None, :], mask=svalid[:, None], other=0.0)
-    dy_s = dy_s.to(tl.float32)
-    d_s = tl.load(diag_ptr + b * s_db + s * s_dl + h, mask=svalid, other=0.0).to(tl.float32)
-    dx = d_s[:, None] * dy_s + dt_f_s[:, None] * u_f + dt_b_s[:, None] * u_b
+        dx += _mm((cbT * tl.exp(log) * dt_s).to(dy.dtype), dy, IEEE)
     tl.store(dx_ptr + b * s_ob + s[:, None] * s_ol + h * s_oh + p[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=svalid[:, None])
-    tl.store(scal, tl.sum(x * u_f, axis=1), mask=svalid)
-    tl.store(scal + H * Lp, tl.sum(x * u_b, axis=1), mask=svalid)
-    tl.store(scal + 2 * H * Lp, tl.sum(x * dy_s, axis=1), mask=svalid)
 
 
 @triton.jit
@@ -189,8 +189,8 @@ def _dw_kernel(
 
     Per head it also sums ``G[t, s] = CB[t, s] W_h[t, s] = dy_t . M[t, s] x_s`` (the in-chunk
     token pairs' gradient flow, exact in float32) over this tile's columns into ``rows``
-    (B, 2, H, NT, Lp): ``dy_t . y_t`` of the in-chunk parts, and over its rows into ``cols``:
-    ``dt_s x_s . u_s`` of the in-chunk parts; index 0 forward part, 1 backward part.
+    (B, 2, H, NT, Lp): ``dy_t . y_t`` of the in-chunk parts, and (without ``dt_s``) over its rows
+    into ``cols``: ``x_s . u_s`` of the in-chunk parts; index 0 forward part, 1 backward part.
     """
     bg = _pid(0, WIDE)
     c = _pid(1, WIDE)
@@ -225,17 +225,19 @@ def _dw_kernel(
         log_b = excl_b[:, None] - tl.load(cum_ptr + b_base + s)[None, :]
         log = tl.where(lt, log_f, tl.where(gt, log_b, float("-inf")))
         dt_s = tl.where(lt, tl.load(dt_ptr + f_base + s)[None, :], tl.load(dt_ptr + b_base + s)[None, :])
-        term = S * tl.exp(log) * dt_s
+        decayed = S * tl.exp(log)
+        term = decayed * dt_s
         acc += term
         pair = term * cb  # dy_t . M[t, s] x_s: forward part below the diagonal, backward part above
+        flow = decayed * cb  # the same without dt_s: its column sums are x_s . u_s of the in-chunk parts
         f_rows = ((b * 2 * H + h) * NT + j) * Lp + t
         b_rows = (((b * 2 + 1) * H + h) * NT + j) * Lp + t
         tl.store(rows_ptr + f_rows, tl.sum(tl.where(lt, pair, 0.0), axis=1))
         tl.store(rows_ptr + b_rows, tl.sum(tl.where(gt, pair, 0.0), axis=1))
         f_cols = ((b * 2 * H + h) * NT + i) * Lp + s
         b_cols = (((b * 2 + 1) * H + h) * NT + i) * Lp + s
-        tl.store(cols_ptr + f_cols, tl.sum(tl.where(lt, pair, 0.0), axis=0))
-        tl.store(cols_ptr + b_cols, tl.sum(tl.where(gt, pair, 0.0), axis=0))
+        tl.store(cols_ptr + f_cols, tl.sum(tl.where(lt, flow, 0.0), axis=0))
+        tl.store(cols_ptr + b_cols, tl.sum(tl.where(gt, flow, 0.0), axis=0))
     tl.store(w_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :], acc)
 
 
@@ -367,12 +369,12 @@ def _dbc_kernel(
 def _decay_grad_kernel(
     wst_ptr, rows_ptr, cols_ptr, scal_ptr, dt_ptr, cross_ptr, raw_ptr, bias_ptr, A_ptr, draw_ptr, part_ptr,
     L, H, NC, Lp, NB, ND,
-    s_rb, s_rl,
+    s_rb, s_rl, s_ob, s_ol,
     Q: tl.constexpr, NT: tl.constexpr,
 ):
     """One chunk and head: the decay gradient ``da`` of both parts from its four pieces (module
     docstring), then ``ddt = x.u + A da`` and ``d dt_raw = ddt sigmoid(raw + dt_bias)`` (stored
-    in ``draw``, laid out like ``dt_raw``), and this chunk's shares of ``dA`` and ``d dt_bias``
+    in ``draw``, (B, L, 2H) with strides (s_ob, s_ol, 1)), and this chunk's shares of ``dA`` and ``d dt_bias``
     (``part``: (B, H, NC, 2) float32)."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -387,14 +389,16 @@ def _decay_grad_kernel(
         base = ((b * 2 + d) * H + h) * Lp
         w = tl.zeros([Q], dtype=tl.float32)
         for nd in range(0, ND):  # dy . y from carried states, summed over the state blocks
-            w += tl.load(wst_ptr + (((b * 2 + d) * H + h) * ND + nd) * Lp + t)
+            w += tl.load(wst_ptr + (((b * 2 + d) * H + h) * ND + nd) * Lp + t, mask=valid, other=0.0)
         z_in = tl.zeros([Q], dtype=tl.float32)
         for i in tl.static_range(NT):  # + the in-chunk pairs, summed over the column / row tiles
             w += tl.load(rows_ptr + (((b * 2 + d) * H + h) * NT + i) * Lp + t)
             z_in += tl.load(cols_ptr + (((b * 2 + d) * H + h) * NT + i) * Lp + t)
         dt = tl.load(dt_ptr + base + t)
-        xu = tl.load(scal_ptr + ((b * 5 + d) * H + h) * Lp + t)
-        z_out = dt * tl.load(scal_ptr + ((b * 5 + 3 + d) * H + h) * Lp + t)
+        xu_out = tl.load(scal_ptr + ((b * 3 + d) * H + h) * Lp + t, mask=valid, other=0.0)  # x . u, other chunks
+        xu = xu_out + z_in  # + the in-chunk part
+        z_in = dt * z_in
+        z_out = dt * xu_out
         through = 0.0
         for nb in range(0, NB):
             through += tl.load(cross_ptr + (((b * 2 + d) * H + h) * NB + nb) * NC + c)
@@ -405,7 +409,7 @@ def _decay_grad_kernel(
             da = (tl.cumsum(w, 0) - w) - tl.cumsum(z_in, 0) + (tl.cumsum(z_out, 0, reverse=True) - z_out) + through
         raw = tl.load(raw_ptr + b * s_rb + t * s_rl + d * H + h, mask=valid, other=0.0).to(tl.float32) + bias
         draw = tl.where(valid, (xu + A * da) * tl.sigmoid(raw), 0.0)  # softplus' = sigmoid
-        tl.store(draw_ptr + (b * L + t) * 2 * H + d * H + h, draw.to(draw_ptr.dtype.element_ty), mask=valid)
+        tl.store(draw_ptr + b * s_ob + t * s_ol + d * H + h, draw.to(draw_ptr.dtype.element_ty), mask=valid)
         dA += tl.sum(tl.where(valid, dt * da, 0.0), axis=0)
         dbias += tl.sum(draw, axis=0)
     out = part_ptr + ((b * H + h) * NC + c) * 2
@@ -455,30 +459,30 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     _adjoint_states_kernel[(batch, nheads, 2 * n_blocks)](
         dy, C_f, parts.dt, parts.cum, A, adj, parts.states, cross, seqlen, nheads, d_state, ngroups, nchunks, lp,
         dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
-        Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, WIDE=wide, num_warps=CONFIG["adj_warps"],
-        num_stages=1 if ieee else CONFIG["adj_stages"],
+        Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, WIDE=wide,
+        num_warps=CONFIG["adj_warps"], num_stages=1 if ieee else CONFIG["adj_stages"],
     )
     if dx_out is not None:
         dx = _destination("dx_out", dx_out, x.shape)
     else:
         dx = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=out_dtypes[0])
-    scal = torch.zeros(batch, 5, nheads, lp, device=device, dtype=torch.float32)
+    scal = torch.empty(batch, 3, nheads, lp, device=device, dtype=torch.float32)  # tokens past L: never read
     dx_bm, dx_warps = (min(64, q), 4) if ieee else (min(CONFIG["dx_bm"], q), CONFIG["dx_warps"])
     _dx_kernel[(batch * nheads, nchunks, q // dx_bm)](
         x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, seqlen, nheads, d_state, ngroups, nchunks,
         lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
         diag.stride(0), diag.stride(1), dx.stride(0), dx.stride(1), dx.stride(2),
         Q=q, P=headdim, BM=dx_bm, BK=bk, BN=bn, IEEE=ieee, WIDE=wide,
-        num_warps=dx_warps,
+        num_warps=dx_warps, num_stages=CONFIG["dx_stages"],
     )
     bt = min(64, q)
     w_mat = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
-    pair_rows = torch.zeros(batch, 2, nheads, q // bt, lp, device=device, dtype=torch.float32)
-    pair_cols = torch.zeros_like(pair_rows)
+    pair_rows = torch.empty(batch, 2, nheads, q // bt, lp, device=device, dtype=torch.float32)  # all written
+    pair_cols = torch.empty_like(pair_rows)
     _dw_kernel[(batch * ngroups, nchunks, (q // bt) ** 2)](
         x, dy, parts.dt, parts.cum, A, parts.cb, w_mat, pair_rows, pair_cols, seqlen, nheads, ngroups, nchunks, lp,
         x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
-        Q=q, P=headdim, BT=bt, IEEE=ieee, WIDE=wide, num_warps=CONFIG["dw_warps"],
+        Q=q, P=headdim, BT=bt, IEEE=ieee, WIDE=wide, num_warps=CONFIG["dw_warps"], num_stages=CONFIG["dw_stages"],
     )
     if dBC_out is not None:
         dbc = _destination("dBC_out", dBC_out, BC.shape)
@@ -491,7 +495,7 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     bn_bc = min(CONFIG["dbc_bn"], triton.next_power_of_2(d_state))
     n_dot = triton.cdiv(d_state, bn_bc)
     # The dC pass also gives dy . y^f and dy . y^b of the carried-state parts, per token, head and state block.
-    w = torch.zeros(batch, 2, nheads, n_dot, lp, device=device, dtype=torch.float32)
+    w = torch.empty(batch, 2, nheads, n_dot, lp, device=device, dtype=torch.float32)  # tokens past L: never read
     dbc_bm = min(64, q) if ieee else min(CONFIG["dbc_bm"], q)
     grid = (batch * ngroups, nchunks, (q // dbc_bm) * n_dot)
     for want_db in (False, True):
@@ -501,6 +505,7 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
             ngroups, nchunks, lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
             s_b, s_l, s_g, off_bwd, dbc.stride(0), dbc.stride(1),
             Q=q, P=headdim, BM=dbc_bm, BK=bk, BN=bn_bc, WANT_DB=want_db, IEEE=ieee, WIDE=wide, num_warps=warps,
+            num_stages=CONFIG["dbc_stages"],
         )
 
     # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring),
@@ -510,6 +515,7 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     _decay_grad_kernel[(batch, nheads, nchunks)](
         w, pair_rows, pair_cols, scal, parts.dt, cross, dt_raw, dt_bias, A, ddt_raw, part,
         seqlen, nheads, nchunks, lp, n_blocks, n_dot, dt_raw.stride(0), dt_raw.stride(1),
+        ddt_raw.stride(0), ddt_raw.stride(1),
         Q=q, NT=q // bt, num_warps=4,
     )
     dA, ddt_bias = part.sum(dim=(0, 2)).unbind(-1)

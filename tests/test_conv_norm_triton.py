@@ -109,17 +109,21 @@ INTERPRETER_CHECK = textwrap.dedent(
             errs = conv_errors(*case)
             print("conv", k, has_bias, errs)
             worst = max(worst, *errs.values())
-    # The backward kernels with small blocks: several programs along L and C, so every halo
-    # crosses a block boundary and the partial sums are reduced over several blocks.
-    for bl in (16, 8):
-        for k in (3, 7):
+    # Both kernels of each direction with small blocks: several programs along L and C, so every
+    # halo crosses a block boundary and the partial sums are reduced over several blocks. Widths up
+    # to 7 run the one-pass (rolling) kernels by default, wider ones (9) the tiled kernels.
+    for rolling, k in ((True, 3), (True, 7), (False, 3), (False, 7), (None, 9)):
+        for bl in (16, 8):
             wide, weight, bias, dy = conv_case(2, 37, 20, k, True, torch.float32, torch.float32, "cpu", seed=10 + k)
             x = wide.detach()[..., 4:24]
-            got = conv_norm.conv1d_silu_bwd(dy, x, weight.detach(), bias.detach(), block_l=bl, block_c=16)
+            blocks = dict(rolling=rolling, block_l=bl, block_c=16)
+            out = conv_norm.conv1d_silu_fwd(x, weight.detach(), bias.detach(), **blocks)
+            got = conv_norm.conv1d_silu_bwd(dy, x, weight.detach(), bias.detach(), **blocks)
             ref_in = [t.detach().double().requires_grad_(True) for t in (x, weight, bias)]
-            ref = torch.autograd.grad(conv_silu_reference(*ref_in), ref_in, dy.double())
-            errs = [rel_err(a, b) for a, b in zip(got, ref)]
-            print("bwd", bl, k, errs)
+            ref_out = conv_silu_reference(*ref_in)
+            ref = torch.autograd.grad(ref_out, ref_in, dy.double())
+            errs = [rel_err(out, ref_out)] + [rel_err(a, b) for a, b in zip(got, ref)]
+            print("blocks", rolling, k, bl, errs)
             worst = max(worst, *errs)
     errs = norm_errors(*norm_case(2, 37, 48, torch.float32, torch.float32, "cpu", seed=5))
     print("norm", errs)
@@ -163,11 +167,12 @@ INTERPRETER_CHECK = textwrap.dedent(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests below run the compiled kernels")
 def test_kernels_match_reference_in_interpreter():
-    """Forward and every gradient in Triton's CPU interpreter: K 3 and 7, with and without bias, odd L."""
+    """Forward and every gradient in Triton's CPU interpreter: K 3, 7 and 9, one-pass and tiled kernels,
+    with and without bias, odd L."""
     stdout = run_interpreted(INTERPRETER_CHECK)
     lines = stdout.strip().splitlines()
     assert "norm_bwd_split True True True" in lines, stdout
-    assert len(lines) == 4 + 4 + 2 + 1 + 2 + 1 and lines[-1].startswith("WORST"), stdout
+    assert len(lines) == 4 + 10 + 2 + 1 + 2 + 1 and lines[-1].startswith("WORST"), stdout
     assert float(lines[-1].split()[1]) <= 1e-5, stdout
 
 
@@ -221,17 +226,20 @@ def test_conv_silu_matches_reference_gpu(dtype, param_dtype, tol, has_bias):
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("k", [3, 7])
-def test_conv_silu_bwd_ragged_gpu(k):
-    """Float32, ragged L and C, batch 2, many blocks along L and C."""
-    from hthlight.kernels.conv_norm import conv1d_silu_bwd
+@pytest.mark.parametrize("rolling,k", [(True, 3), (True, 7), (False, 3), (False, 7), (None, 9)])
+def test_conv_silu_ragged_gpu(rolling, k):
+    """Float32, ragged L and C, batch 2, many blocks along L and C: forward and backward, one-pass
+    (rolling) and tiled kernels."""
+    from hthlight.kernels.conv_norm import conv1d_silu_bwd, conv1d_silu_fwd
 
     wide, weight, bias, dy = conv_case(2, 3001, 1000, k, True, torch.float32, torch.float32, "cuda", seed=k)
     x = wide.detach()[..., 4:1004]
-    got = conv1d_silu_bwd(dy, x, weight.detach(), bias.detach())
+    out = conv1d_silu_fwd(x, weight.detach(), bias.detach(), rolling=rolling)
+    got = conv1d_silu_bwd(dy, x, weight.detach(), bias.detach(), rolling=rolling)
     ref_in = [t.detach().double().requires_grad_(True) for t in (x, weight, bias)]
-    ref = torch.autograd.grad(conv_silu_reference(*ref_in), ref_in, dy.double())
-    errs = [rel_err(a, b) for a, b in zip(got, ref)]
+    ref_out = conv_silu_reference(*ref_in)
+    ref = torch.autograd.grad(ref_out, ref_in, dy.double())
+    errs = [rel_err(out, ref_out)] + [rel_err(a, b) for a, b in zip(got, ref)]
     assert max(errs) <= 1e-5, errs
 
 
