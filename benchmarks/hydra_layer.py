@@ -13,7 +13,7 @@ output projection, as in ANCHORS.md) and ``scan`` (the Triton mixing kernels alo
 CUDA graphs (forward: :class:`hthlight.diffusion.cuda_graphs.CUDAGraphed`, as sampling uses it;
 forward+backward: ``torch.cuda.make_graphed_callables``), i.e. the device time without the host's
 launch overhead, which dominates at batch 1 and few tokens.
-bf16 weights and activations, batch 1, median of ``triton.testing.do_bench``. Prints a markdown
+bf16 weights and activations, batch 1, median of ``triton.testing.do_bench`` over about a second. Prints a markdown
 table; ``--out`` also writes every figure as JSON.
 """
 
@@ -52,10 +52,12 @@ class PlainAttention(nn.Module):
         return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
 
 
-def bench(fn, rep_ms: int = 200) -> float:
+def bench(fn, rep_ms: int = 1000) -> float:
+    """Median time of ``fn`` over about ``rep_ms`` of repetitions (at least ~50 of a 20 ms layer: with
+    200 ms the median of ~10 moved by up to 0.8 ms between runs at HTH-5B width, 16k tokens)."""
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median"))
+    return float(triton.testing.do_bench(fn, warmup=50, rep=rep_ms, return_mode="median"))
 
 
 def peak_memory_mib(fn) -> float:

@@ -60,13 +60,16 @@ def _conv_silu_rolling_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     L, C,
     s_xb, s_xl,
-    SEG: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SEG: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     """The forward of width <= 7 (taps zero-padded to 7) a token at a time: each row of ``x`` is
     read once into a 7-row register window instead of once per tap."""
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(2) * BC + tl.arange(0, BC)
-    cmask = cols < C
+    if EVEN_C:
+        cmask = tl.full((BC,), True, tl.int1)
+    else:
+        cmask = cols < C
     w0 = tl.load(w_ptr + 0 * C + cols, mask=cmask, other=0.0).to(tl.float32)
     w1 = tl.load(w_ptr + 1 * C + cols, mask=cmask, other=0.0).to(tl.float32)
     w2 = tl.load(w_ptr + 2 * C + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -77,30 +80,34 @@ def _conv_silu_rolling_kernel(
     bias = tl.zeros((BC,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    x_base = x_ptr + b * s_xb + cols
     l0 = tl.program_id(1) * SEG
     # x[l0-3 .. l0+2] (zero outside the sequence); the window's last row is loaded at each step.
-    x1 = tl.load(x_base + (l0 - 3).to(tl.int64) * s_xl, mask=cmask & (l0 - 3 >= 0), other=0.0).to(tl.float32)
-    x2 = tl.load(x_base + (l0 - 2).to(tl.int64) * s_xl, mask=cmask & (l0 - 2 >= 0), other=0.0).to(tl.float32)
-    x3 = tl.load(x_base + (l0 - 1).to(tl.int64) * s_xl, mask=cmask & (l0 - 1 >= 0), other=0.0).to(tl.float32)
-    x4 = tl.load(x_base + l0.to(tl.int64) * s_xl, mask=cmask & (l0 < L), other=0.0).to(tl.float32)
-    x5 = tl.load(x_base + (l0 + 1).to(tl.int64) * s_xl, mask=cmask & (l0 + 1 < L), other=0.0).to(tl.float32)
-    x6 = tl.load(x_base + (l0 + 2).to(tl.int64) * s_xl, mask=cmask & (l0 + 2 < L), other=0.0).to(tl.float32)
+    x_row = x_ptr + b * s_xb + (l0 - 4).to(tl.int64) * s_xl + cols
+    x1 = tl.load(x_row + s_xl, mask=cmask & (l0 - 3 >= 0), other=0.0).to(tl.float32)
+    x2 = tl.load(x_row + 2 * s_xl, mask=cmask & (l0 - 2 >= 0), other=0.0).to(tl.float32)
+    x3 = tl.load(x_row + 3 * s_xl, mask=cmask & (l0 - 1 >= 0), other=0.0).to(tl.float32)
+    x4 = tl.load(x_row + 4 * s_xl, mask=cmask & (l0 < L), other=0.0).to(tl.float32)
+    x5 = tl.load(x_row + 5 * s_xl, mask=cmask & (l0 + 1 < L), other=0.0).to(tl.float32)
+    x6 = tl.load(x_row + 6 * s_xl, mask=cmask & (l0 + 2 < L), other=0.0).to(tl.float32)
+    x_row += 7 * s_xl  # x[l0 + 3]: the row the first step loads
     x0 = tl.zeros((BC,), dtype=tl.float32)
+    y_row = y_ptr + (b * L + l0) * C + cols
     for step in range(0, SEG):
         j = l0 + step
         x0, x1, x2, x3, x4, x5 = x1, x2, x3, x4, x5, x6
-        x6 = tl.load(x_base + (j + 3).to(tl.int64) * s_xl, mask=cmask & (j + 3 < L), other=0.0).to(tl.float32)
+        x6 = tl.load(x_row, mask=cmask & (j + 3 < L), other=0.0).to(tl.float32)
         pre = bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4 + w5 * x5 + w6 * x6
-        tl.store(y_ptr + (b * L + j) * C + cols, (pre / (1.0 + tl.exp(-pre))).to(y_ptr.dtype.element_ty),
-                 mask=cmask & (j < L))
+        silu = tl.fdiv(pre, 1.0 + tl.exp(-pre))  # the fast (2-ulp) division
+        tl.store(y_row, silu.to(y_ptr.dtype.element_ty), mask=cmask & (j < L))
+        x_row += s_xl
+        y_row += C
 
 
 #: Launch settings of the conv kernels (rows and channels per program, warps); ``rolling``: kernels of
 #: width <= 7 run the one-pass, token-at-a-time kernels (taps zero-padded to 7) instead of the tiled ones.
 CONV_CONFIG = {
     "rolling_fwd": True, "fwd_seg": 256, "fwd_bc": 128, "fwd_warps": 1, "fwd_stages": 3,
-    "rolling_bwd": True, "bwd_seg": 256, "bwd_bc": 128, "bwd_warps": 4, "bwd_stages": 3,
+    "rolling_bwd": True, "bwd_seg": 256, "bwd_bc": 256, "bwd_warps": 4, "bwd_stages": 3,
 }
 _WINDOW = 7  # the rolling kernels' register window: taps of narrower kernels are zero-padded to it
 
@@ -139,7 +146,7 @@ def conv1d_silu_fwd(
         seg, bc = block_l or CONV_CONFIG["fwd_seg"], block_c or CONV_CONFIG["fwd_bc"]
         _conv_silu_rolling_kernel[(batch, triton.cdiv(seqlen, seg), triton.cdiv(channels, bc))](
             x_BLC, _taps_KC(weight_C1K, _WINDOW), bias, y, seqlen, channels, x_BLC.stride(0), x_BLC.stride(1),
-            SEG=seg, BC=bc, HAS_BIAS=bias_C is not None, num_warps=CONV_CONFIG["fwd_warps"],
+            SEG=seg, BC=bc, HAS_BIAS=bias_C is not None, EVEN_C=channels % bc == 0, num_warps=CONV_CONFIG["fwd_warps"],
             num_stages=CONV_CONFIG["fwd_stages"],
         )
         return y
@@ -256,7 +263,8 @@ def _conv_dx_dw_kernel(
 
 @triton.jit
 def _silu_grad(pre):
-    sig = 1.0 / (1.0 + tl.exp(-pre))
+    """``silu'(pre)``; the reciprocal in the fast (2-ulp) division: the rolling backward is bound by issue."""
+    sig = tl.fdiv(tl.full(pre.shape, 1.0, tl.float32), 1.0 + tl.exp(-pre))
     return sig * (1.0 + pre * (1.0 - sig))
 
 
@@ -265,7 +273,7 @@ def _conv_silu_bwd_rolling_kernel(
     dy_ptr, x_ptr, w_ptr, b_ptr, dx_ptr, part_ptr,
     L, C,
     s_dyb, s_dyl, s_xb, s_xl, s_ob, s_ol,
-    SEG: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SEG: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     """The conv + SiLU backward in one pass for kernels of width <= 7 (taps zero-padded to 7).
 
@@ -274,12 +282,16 @@ def _conv_silu_bwd_rolling_kernel(
     ``x[j-3 .. j+3]``, then ``dx[j-3] = sum_k w[k] dpre[j-k]`` (the transposed conv) and, for
     the program's own rows, ``dw[k] += x[j+k-3] dpre[j]``. ``dpre`` never leaves registers; the
     3-row halo on each side is recomputed (6 of every ``SEG + 6`` rows). Partial sums of the
-    7 taps' and the bias' gradients per program go to ``part`` (B, NSEG, 8, C) float32.
+    7 taps' and the bias' gradients per program go to ``part`` (B, NSEG, 8, C) float32. The
+    row pointers advance by one stride a step (no per-step index products).
     """
     b = tl.program_id(0).to(tl.int64)
     seg = tl.program_id(1)
     cols = tl.program_id(2) * BC + tl.arange(0, BC)
-    cmask = cols < C
+    if EVEN_C:
+        cmask = tl.full((BC,), True, tl.int1)
+    else:
+        cmask = cols < C
     w0 = tl.load(w_ptr + 0 * C + cols, mask=cmask, other=0.0).to(tl.float32)
     w1 = tl.load(w_ptr + 1 * C + cols, mask=cmask, other=0.0).to(tl.float32)
     w2 = tl.load(w_ptr + 2 * C + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -290,16 +302,19 @@ def _conv_silu_bwd_rolling_kernel(
     bias = tl.zeros((BC,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    x_base = x_ptr + b * s_xb + cols
     l0 = seg * SEG
     # x[l0-6 .. l0-1] (zero before the sequence); x6 is loaded at the top of each step.
-    x1 = tl.load(x_base + (l0 - 6).to(tl.int64) * s_xl, mask=cmask & (l0 - 6 >= 0), other=0.0).to(tl.float32)
-    x2 = tl.load(x_base + (l0 - 5).to(tl.int64) * s_xl, mask=cmask & (l0 - 5 >= 0), other=0.0).to(tl.float32)
-    x3 = tl.load(x_base + (l0 - 4).to(tl.int64) * s_xl, mask=cmask & (l0 - 4 >= 0), other=0.0).to(tl.float32)
-    x4 = tl.load(x_base + (l0 - 3).to(tl.int64) * s_xl, mask=cmask & (l0 - 3 >= 0), other=0.0).to(tl.float32)
-    x5 = tl.load(x_base + (l0 - 2).to(tl.int64) * s_xl, mask=cmask & (l0 - 2 >= 0), other=0.0).to(tl.float32)
-    x6 = tl.load(x_base + (l0 - 1).to(tl.int64) * s_xl, mask=cmask & (l0 - 1 >= 0), other=0.0).to(tl.float32)
+    x_row = x_ptr + b * s_xb + (l0 - 7).to(tl.int64) * s_xl + cols
+    x1 = tl.load(x_row + s_xl, mask=cmask & (l0 - 6 >= 0), other=0.0).to(tl.float32)
+    x2 = tl.load(x_row + 2 * s_xl, mask=cmask & (l0 - 5 >= 0), other=0.0).to(tl.float32)
+    x3 = tl.load(x_row + 3 * s_xl, mask=cmask & (l0 - 4 >= 0), other=0.0).to(tl.float32)
+    x4 = tl.load(x_row + 4 * s_xl, mask=cmask & (l0 - 3 >= 0), other=0.0).to(tl.float32)
+    x5 = tl.load(x_row + 5 * s_xl, mask=cmask & (l0 - 2 >= 0), other=0.0).to(tl.float32)
+    x6 = tl.load(x_row + 6 * s_xl, mask=cmask & (l0 - 1 >= 0), other=0.0).to(tl.float32)
+    x_row += 7 * s_xl  # x[l0]: the row the first step (j = l0 - 3) loads
     x0 = tl.zeros((BC,), dtype=tl.float32)
+    dy_row = dy_ptr + b * s_dyb + (l0 - 3).to(tl.int64) * s_dyl + cols
+    dx_row = dx_ptr + b * s_ob + (l0 - 6).to(tl.int64) * s_ol + cols
     # dpre[j-6 .. j-1]: only the rows from l0 - 3 on reach a stored dx, and those are computed below.
     d1 = tl.zeros((BC,), dtype=tl.float32)
     d2 = tl.zeros((BC,), dtype=tl.float32)
@@ -318,11 +333,9 @@ def _conv_silu_bwd_rolling_kernel(
     for step in range(0, SEG + 6):
         j = l0 - 3 + step  # the row whose dpre this step computes
         x0, x1, x2, x3, x4, x5 = x1, x2, x3, x4, x5, x6
-        x6 = tl.load(x_base + (j + 3).to(tl.int64) * s_xl, mask=cmask & (j + 3 >= 0) & (j + 3 < L),
-                     other=0.0).to(tl.float32)
+        x6 = tl.load(x_row, mask=cmask & (j + 3 >= 0) & (j + 3 < L), other=0.0).to(tl.float32)
         pre = bias + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4 + w5 * x5 + w6 * x6
-        inside = (j >= 0) & (j < L)
-        dy = tl.load(dy_ptr + b * s_dyb + j.to(tl.int64) * s_dyl + cols, mask=cmask & inside, other=0.0)
+        dy = tl.load(dy_row, mask=cmask & (j >= 0) & (j < L), other=0.0)
         d0 = dy.to(tl.float32) * _silu_grad(pre)  # zero outside the sequence (dy is)
         own = tl.where((j >= l0) & (j < l0 + SEG), d0, 0.0)
         g0 += x0 * own
@@ -334,10 +347,11 @@ def _conv_silu_bwd_rolling_kernel(
         g6 += x6 * own
         gb += own
         dx = w0 * d0 + w1 * d1 + w2 * d2 + w3 * d3 + w4 * d4 + w5 * d5 + w6 * d6  # d_k = dpre[j - k]
-        out = j - 3
-        tl.store(dx_ptr + b * s_ob + out.to(tl.int64) * s_ol + cols, dx.to(dx_ptr.dtype.element_ty),
-                 mask=cmask & (out >= l0) & (out < L))
+        tl.store(dx_row, dx.to(dx_ptr.dtype.element_ty), mask=cmask & (j - 3 >= l0) & (j - 3 < L))
         d6, d5, d4, d3, d2, d1 = d5, d4, d3, d2, d1, d0
+        x_row += s_xl
+        dy_row += s_dyl
+        dx_row += s_ol
     part = part_ptr + (b * tl.num_programs(1) + seg) * 8 * C + cols
     tl.store(part + 0 * C, g0, mask=cmask)
     tl.store(part + 1 * C, g1, mask=cmask)
@@ -347,7 +361,6 @@ def _conv_silu_bwd_rolling_kernel(
     tl.store(part + 5 * C, g5, mask=cmask)
     tl.store(part + 6 * C, g6, mask=cmask)
     tl.store(part + 7 * C, gb, mask=cmask)
-
 
 
 def conv1d_silu_bwd(
@@ -397,7 +410,8 @@ def conv1d_silu_bwd(
         _conv_silu_bwd_rolling_kernel[grid](
             dy_BLC, x_BLC, weight_KC, bias_C if has_bias else weight_KC, dx, parts, seqlen, channels,
             dy_BLC.stride(0), dy_BLC.stride(1), x_BLC.stride(0), x_BLC.stride(1), dx.stride(0), dx.stride(1),
-            SEG=seg, BC=bc, HAS_BIAS=has_bias, num_warps=CONV_CONFIG["bwd_warps"], num_stages=CONV_CONFIG["bwd_stages"],
+            SEG=seg, BC=bc, HAS_BIAS=has_bias, EVEN_C=channels % bc == 0,
+            num_warps=CONV_CONFIG["bwd_warps"], num_stages=CONV_CONFIG["bwd_stages"],
         )
         sums = parts.sum((0, 1))
         pad = (_WINDOW - k) // 2

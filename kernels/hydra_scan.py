@@ -262,7 +262,7 @@ CONFIG = {
     "out_bm": 128, "out_warps": 4, "state_bn": 64, "state_warps": 4, "state_stages": 2,
     "adj_warps": 4, "adj_stages": 1, "dw_warps": 4,
     "dx_bm": 128, "dx_warps": 8, "dbc_bm": 128, "dbc_bn": 64, "dc_warps": 8, "db_warps": 4,
-    "dx_stages": 3, "dw_stages": 3, "dbc_stages": 3,
+    "dx_stages": 3, "dw_stages": 3, "dbc_stages": 3, "dw_bt": 64,
 }
 
 

@@ -475,7 +475,7 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
         Q=q, P=headdim, BM=dx_bm, BK=bk, BN=bn, IEEE=ieee, WIDE=wide,
         num_warps=dx_warps, num_stages=CONFIG["dx_stages"],
     )
-    bt = min(64, q)
+    bt = min(CONFIG["dw_bt"], q)
     w_mat = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
     pair_rows = torch.empty(batch, 2, nheads, q // bt, lp, device=device, dtype=torch.float32)  # all written
     pair_cols = torch.empty_like(pair_rows)
