@@ -262,7 +262,8 @@ CONFIG = {
     "out_bm": 128, "out_warps": 4, "state_bn": 64, "state_warps": 4, "state_stages": 2,
     "adj_warps": 4, "adj_stages": 1, "dw_warps": 4,
     "dx_bm": 128, "dx_warps": 8, "dbc_bm": 128, "dbc_bn": 64, "dc_warps": 8, "db_warps": 4,
-    "dx_stages": 3, "dw_stages": 3, "dbc_stages": 3, "dw_bt": 64,
+    "dx_stages": 3, "dw_stages": 3, "dbc_stages": 3, "dw_bt": 64, "out_bk": 32, "out_stages": 3, "dx_bk": 32,
+    "dbc_bk": 32,
 }
 
 
@@ -308,7 +309,7 @@ def hydra_scan_fwd(
     q = parts.q
     y = torch.empty(batch, seqlen, nheads, headdim, device=x_BLHP.device, dtype=x_BLHP.dtype)
     bm = min(64 if parts.ieee else CONFIG["out_bm"], q)  # float32 keeps 64-row tiles
-    bk = min(64, q)
+    bk = min(CONFIG["out_bk"], q)
     s_b, s_l, s_g = BC_BL4GN.stride(0), BC_BL4GN.stride(1), BC_BL4GN.stride(3)
     _output_kernel[(batch * nheads, parts.nchunks, q // bm)](
         x_BLHP, BC_BL4GN[:, :, 1], parts.dt, parts.cum, parts.states, parts.cb, diag_BLH, A_H, y,
@@ -316,7 +317,7 @@ def hydra_scan_fwd(
         x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, 2 * ngroups * d_state,
         diag_BLH.stride(0), diag_BLH.stride(1),
         Q=q, P=headdim, BM=bm, BK=bk, BN=parts.bn, IEEE=parts.ieee, WIDE=parts.wide,
-        num_warps=CONFIG["out_warps"],
+        num_warps=CONFIG["out_warps"], num_stages=CONFIG["out_stages"],
     )
     return (y, parts) if return_parts else y
 

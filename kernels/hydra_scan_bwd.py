@@ -449,7 +449,6 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     B_f, C_f = BC[:, :, 0], BC[:, :, 1]
     off_bwd = 2 * ngroups * d_state
     bn = min(64, triton.next_power_of_2(d_state))
-    bk = min(64, q)
     # 64-bit offsets only where some index may pass 2**31: the forward's tensors, dy and the float32 dB/dC buffer.
     wide = parts.wide or max(dy.stride(0) * batch, batch * seqlen * 4 * ngroups * d_state) >= 2**31
 
@@ -472,7 +471,7 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
         x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, seqlen, nheads, d_state, ngroups, nchunks,
         lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
         diag.stride(0), diag.stride(1), dx.stride(0), dx.stride(1), dx.stride(2),
-        Q=q, P=headdim, BM=dx_bm, BK=bk, BN=bn, IEEE=ieee, WIDE=wide,
+        Q=q, P=headdim, BM=dx_bm, BK=min(CONFIG["dx_bk"], q), BN=bn, IEEE=ieee, WIDE=wide,
         num_warps=dx_warps, num_stages=CONFIG["dx_stages"],
     )
     bt = min(CONFIG["dw_bt"], q)
@@ -504,8 +503,8 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
             x, dy, B_f, C_f, parts.dt, parts.cum, A, parts.states, adj, w_mat, dbc, w, seqlen, nheads, d_state,
             ngroups, nchunks, lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
             s_b, s_l, s_g, off_bwd, dbc.stride(0), dbc.stride(1),
-            Q=q, P=headdim, BM=dbc_bm, BK=bk, BN=bn_bc, WANT_DB=want_db, IEEE=ieee, WIDE=wide, num_warps=warps,
-            num_stages=CONFIG["dbc_stages"],
+            Q=q, P=headdim, BM=dbc_bm, BK=min(CONFIG["dbc_bk"], q), BN=bn_bc, WANT_DB=want_db, IEEE=ieee, WIDE=wide,
+            num_warps=warps, num_stages=CONFIG["dbc_stages"],
         )
 
     # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring),
