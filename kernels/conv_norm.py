@@ -56,16 +56,8 @@ def _conv_silu_kernel(
 
 
 @triton.jit
-def _conv_silu_rolling_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
-    L, C,
-    s_xb, s_xl,
-    SEG: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_C: tl.constexpr,
-):
-    """The forward of width <= 7 (taps zero-padded to 7) a token at a time: each row of ``x`` is
-    read once into a 7-row register window instead of once per tap."""
-    b = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(2) * BC + tl.arange(0, BC)
+def _window_taps(w_ptr, b_ptr, cols, C, BC: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_C: tl.constexpr):
+    """The channel mask, the 7 taps (rows of the (7, C) weight) and the bias of a channel block, float32."""
     if EVEN_C:
         cmask = tl.full((BC,), True, tl.int1)
     else:
@@ -80,6 +72,21 @@ def _conv_silu_rolling_kernel(
     bias = tl.zeros((BC,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    return cmask, w0, w1, w2, w3, w4, w5, w6, bias
+
+
+@triton.jit
+def _conv_silu_rolling_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    L, C,
+    s_xb, s_xl,
+    SEG: tl.constexpr, BC: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_C: tl.constexpr,
+):
+    """The forward of width <= 7 (taps zero-padded to 7) a token at a time: each row of ``x`` is
+    read once into a 7-row register window instead of once per tap."""
+    b = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(2) * BC + tl.arange(0, BC)
+    cmask, w0, w1, w2, w3, w4, w5, w6, bias = _window_taps(w_ptr, b_ptr, cols, C, BC, HAS_BIAS, EVEN_C)
     l0 = tl.program_id(1) * SEG
     # x[l0-3 .. l0+2] (zero outside the sequence); the window's last row is loaded at each step.
     x_row = x_ptr + b * s_xb + (l0 - 4).to(tl.int64) * s_xl + cols
@@ -288,20 +295,7 @@ def _conv_silu_bwd_rolling_kernel(
     b = tl.program_id(0).to(tl.int64)
     seg = tl.program_id(1)
     cols = tl.program_id(2) * BC + tl.arange(0, BC)
-    if EVEN_C:
-        cmask = tl.full((BC,), True, tl.int1)
-    else:
-        cmask = cols < C
-    w0 = tl.load(w_ptr + 0 * C + cols, mask=cmask, other=0.0).to(tl.float32)
-    w1 = tl.load(w_ptr + 1 * C + cols, mask=cmask, other=0.0).to(tl.float32)
-    w2 = tl.load(w_ptr + 2 * C + cols, mask=cmask, other=0.0).to(tl.float32)
-    w3 = tl.load(w_ptr + 3 * C + cols, mask=cmask, other=0.0).to(tl.float32)
-    w4 = tl.load(w_ptr + 4 * C + cols, mask=cmask, other=0.0).to(tl.float32)
-    w5 = tl.load(w_ptr + 5 * C + cols, mask=cmask, other=0.0).to(tl.float32)
-    w6 = tl.load(w_ptr + 6 * C + cols, mask=cmask, other=0.0).to(tl.float32)
-    bias = tl.zeros((BC,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    cmask, w0, w1, w2, w3, w4, w5, w6, bias = _window_taps(w_ptr, b_ptr, cols, C, BC, HAS_BIAS, EVEN_C)
     l0 = seg * SEG
     # x[l0-6 .. l0-1] (zero before the sequence); x6 is loaded at the top of each step.
     x_row = x_ptr + b * s_xb + (l0 - 7).to(tl.int64) * s_xl + cols
