@@ -369,12 +369,12 @@ def _dbc_kernel(
 def _decay_grad_kernel(
     wst_ptr, rows_ptr, cols_ptr, scal_ptr, dt_ptr, cross_ptr, raw_ptr, bias_ptr, A_ptr, draw_ptr, part_ptr,
     L, H, NC, Lp, NB, ND,
-    s_rb, s_rl, s_ob, s_ol,
+    s_rb, s_rl,
     Q: tl.constexpr, NT: tl.constexpr,
 ):
     """One chunk and head: the decay gradient ``da`` of both parts from its four pieces (module
     docstring), then ``ddt = x.u + A da`` and ``d dt_raw = ddt sigmoid(raw + dt_bias)`` (stored
-    in ``draw``, (B, L, 2H) with strides (s_ob, s_ol, 1)), and this chunk's shares of ``dA`` and ``d dt_bias``
+    in ``draw``, laid out like ``dt_raw``), and this chunk's shares of ``dA`` and ``d dt_bias``
     (``part``: (B, H, NC, 2) float32)."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -409,7 +409,7 @@ def _decay_grad_kernel(
             da = (tl.cumsum(w, 0) - w) - tl.cumsum(z_in, 0) + (tl.cumsum(z_out, 0, reverse=True) - z_out) + through
         raw = tl.load(raw_ptr + b * s_rb + t * s_rl + d * H + h, mask=valid, other=0.0).to(tl.float32) + bias
         draw = tl.where(valid, (xu + A * da) * tl.sigmoid(raw), 0.0)  # softplus' = sigmoid
-        tl.store(draw_ptr + b * s_ob + t * s_ol + d * H + h, draw.to(draw_ptr.dtype.element_ty), mask=valid)
+        tl.store(draw_ptr + (b * L + t) * 2 * H + d * H + h, draw.to(draw_ptr.dtype.element_ty), mask=valid)
         dA += tl.sum(tl.where(valid, dt * da, 0.0), axis=0)
         dbias += tl.sum(draw, axis=0)
     out = part_ptr + ((b * H + h) * NC + c) * 2
@@ -514,7 +514,6 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     _decay_grad_kernel[(batch, nheads, nchunks)](
         w, pair_rows, pair_cols, scal, parts.dt, cross, dt_raw, dt_bias, A, ddt_raw, part,
         seqlen, nheads, nchunks, lp, n_blocks, n_dot, dt_raw.stride(0), dt_raw.stride(1),
-        ddt_raw.stride(0), ddt_raw.stride(1),
         Q=q, NT=q // bt, num_warps=4,
     )
     dA, ddt_bias = part.sum(dim=(0, 2)).unbind(-1)
