@@ -250,3 +250,50 @@ def test_gated_rmsnorm_matches_reference_gpu(dtype, param_dtype, tol):
     """Hydra's shape (d_inner 6144): forward and the y, z, weight gradients."""
     errs = norm_errors(*norm_case(1, 4096, 6144, dtype, param_dtype, "cuda", seed=2))
     assert max(errs.values()) <= tol, errs
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_row_aligned_slices_gpu(dtype, tol):
+    """The XL layout: conv input, conv dx, norm z and norm dz are slices of rows 4936 long (a multiple
+    of 8, not 16), which the kernels load and store in 16-byte vectors (``_row_align`` 8); short
+    sequences run 16-row segments. Forward and every gradient against float64."""
+    from hthlight.kernels.conv_norm import (
+        _row_align,
+        conv1d_silu_bwd,
+        conv1d_silu_fwd,
+        gated_rmsnorm_bwd,
+        gated_rmsnorm_fwd,
+    )
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    batch, seqlen, inner, channels, width = 2, 1000, 2304, 2560, 4936
+    proj = torch.randn(batch, seqlen, width, device="cuda", generator=g).to(dtype)
+    grad = torch.full_like(proj, 7.0)
+    x, z = proj[..., inner : inner + channels], proj[..., :inner]
+    assert _row_align(*x.stride()[:2], *grad.stride()[:2]) == 8
+    weight = torch.randn(channels, 1, 7, device="cuda", generator=g) * 0.4
+    bias = torch.randn(channels, device="cuda", generator=g) * 0.5
+    dy = torch.randn(batch, seqlen, channels, device="cuda", generator=g).to(dtype)
+    out = conv1d_silu_fwd(x, weight, bias)
+    dx, dweight, dbias = conv1d_silu_bwd(dy, x, weight, bias, dx_out=grad[..., inner : inner + channels])
+    ref_in = [t.double().requires_grad_(True) for t in (x, weight, bias)]
+    ref_out = conv_silu_reference(*ref_in)
+    ref = torch.autograd.grad(ref_out, ref_in, dy.double())
+    errs = [rel_err(out, ref_out)] + [rel_err(a, b) for a, b in zip((dx, dweight, dbias), ref)]
+
+    y = torch.randn(batch, seqlen, inner, device="cuda", generator=g).to(dtype)
+    norm_weight = 1 + 0.3 * torch.randn(inner, device="cuda", generator=g)
+    dout = torch.randn(batch, seqlen, inner, device="cuda", generator=g).to(dtype)
+    norm_out = gated_rmsnorm_fwd(y, z, norm_weight, 1e-5)
+    dy_norm, _, dnorm_weight = gated_rmsnorm_bwd(dout, y, z, norm_weight, 1e-5, grads="dy")
+    gated_rmsnorm_bwd(dout, y, z, norm_weight, 1e-5, grads="dz", dz_out=grad[..., :inner])
+    ref_in = [t.double().requires_grad_(True) for t in (y, z, norm_weight)]
+    ref_norm = gated_norm_reference(*ref_in, 1e-5)
+    ref = torch.autograd.grad(ref_norm, ref_in, dout.double())
+    errs += [rel_err(norm_out, ref_norm)] + [
+        rel_err(a, b) for a, b in zip((dy_norm, grad[..., :inner], dnorm_weight), ref)
+    ]
+    assert max(errs) <= tol, errs
+    assert bool((grad[..., inner + channels :] == 7).all()), "writes outside the gradient slices"
