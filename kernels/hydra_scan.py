@@ -52,6 +52,15 @@ def _softplus(x):
 
 
 @triton.jit
+def _decay_rate(A_ptr, h, LOG_A: tl.constexpr):
+    """Head ``h``'s decay rate ``A`` in float32: loaded, or ``-exp(A_log)`` from the layer's ``A_log`` (``LOG_A``)."""
+    A = tl.load(A_ptr + h).to(tl.float32)
+    if LOG_A:
+        A = -tl.exp(A)
+    return A
+
+
+@triton.jit
 def _pid(axis: tl.constexpr, WIDE: tl.constexpr):
     """The program id along ``axis``, 64-bit when offsets may pass 2**31 elements (``WIDE``)."""
     pid = tl.program_id(axis)
@@ -65,7 +74,7 @@ def _dt_kernel(
     raw_ptr, bias_ptr, A_ptr, dt_ptr, cum_ptr,
     L, H, Lp,
     s_raw_b, s_raw_l,
-    Q: tl.constexpr,
+    Q: tl.constexpr, LOG_A: tl.constexpr,
 ):
     """dt (B, 2, H, Lp) and cumulative log-decay (B, 2, H, Lp); zero beyond L."""
     b = tl.program_id(0)
@@ -73,7 +82,7 @@ def _dt_kernel(
     c = tl.program_id(2)
     t = c * Q + tl.arange(0, Q)
     valid = t < L
-    A = tl.load(A_ptr + h).to(tl.float32)
+    A = _decay_rate(A_ptr, h, LOG_A)
     for direction in tl.static_range(2):
         raw = tl.load(raw_ptr + b * s_raw_b + t * s_raw_l + direction * H + h, mask=valid, other=0.0).to(tl.float32)
         bias = tl.load(bias_ptr + h).to(tl.float32)
@@ -191,7 +200,7 @@ def _output_kernel(
     s_b, s_l, s_g, off_bwd,
     s_db, s_dl,
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-    IEEE: tl.constexpr, WIDE: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr, LOG_A: tl.constexpr,
 ):
     """y (B, L, H, P) = M x for one chunk's block of BM rows and one head."""
     bh = _pid(0, WIDE)  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
@@ -200,7 +209,7 @@ def _output_kernel(
     b = bh // H
     h = bh % H
     g = h // (H // G)
-    A = tl.load(A_ptr + h).to(tl.float32)
+    A = _decay_rate(A_ptr, h, LOG_A)
     t = c * Q + m * BM + tl.arange(0, BM)
     tvalid = t < L
     p = tl.arange(0, P)
@@ -282,6 +291,7 @@ def hydra_scan_fwd(
     diag_BLH: torch.Tensor,
     chunk_size: int = 128,
     *,
+    log_decay: bool = False,
     return_parts: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, SimpleNamespace]:
     """Hydra's sequence mixing ``y = M x`` (see the module docstring), forward only.
@@ -290,7 +300,8 @@ def hydra_scan_fwd(
         x_BLHP: inputs (may be a strided view, e.g. a slice of the conv output).
         dt_raw_BL2H: pre-softplus step sizes, forward heads then backward heads.
         dt_bias_H: added to ``dt_raw`` before the softplus.
-        A_H: per-head decay rate (negative).
+        A_H: per-head decay rate (negative); with ``log_decay``, the layer's ``A_log`` instead
+            (``A = -exp(A_log)``, taken inside the kernels: no extra launches).
         BC_BL4GN: ``B_f, C_f, B_b, C_b`` side by side in the last dimension (each ``G x N``),
             as the public layer's conv output holds them; may be a strided view.
         diag_BLH: the diagonal ``fc_D(x) + D``.
@@ -303,7 +314,7 @@ def hydra_scan_fwd(
     Returns:
         ``y_BLHP`` (contiguous) in the dtype of ``x``; with ``return_parts``, ``(y_BLHP, parts)``.
     """
-    parts = _forward_parts(x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH, chunk_size)
+    parts = _forward_parts(x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH, chunk_size, log_decay=log_decay)
     batch, seqlen, nheads, headdim = x_BLHP.shape
     ngroups, d_state = BC_BL4GN.shape[-2:]
     q = parts.q
@@ -316,19 +327,20 @@ def hydra_scan_fwd(
         seqlen, nheads, d_state, ngroups, parts.nchunks, parts.lp,
         x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, 2 * ngroups * d_state,
         diag_BLH.stride(0), diag_BLH.stride(1),
-        Q=q, P=headdim, BM=bm, BK=bk, BN=parts.bn, IEEE=parts.ieee, WIDE=parts.wide,
+        Q=q, P=headdim, BM=bm, BK=bk, BN=parts.bn, IEEE=parts.ieee, WIDE=parts.wide, LOG_A=log_decay,
         num_warps=CONFIG["out_warps"], num_stages=CONFIG["out_stages"],
     )
     return (y, parts) if return_parts else y
 
 
 def _forward_parts(
-    x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH, chunk_size, ieee: bool | None = None
+    x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH, chunk_size, ieee: bool | None = None,
+    log_decay: bool = False,
 ) -> SimpleNamespace:
     """Checks, then steps 1-3: ``dt`` and cumulative decays, the ``CB`` matrices, the carried states.
 
     States are stored in the dtype of ``x``; ``ieee`` (default: ``x`` is float32) asks for IEEE
-    float32 products instead of the matrix units' faster modes.
+    float32 products instead of the matrix units' faster modes; ``log_decay``: ``A_H`` is ``A_log``.
     """
     batch, seqlen, nheads, headdim = x_BLHP.shape
     _, _, four, ngroups, d_state = BC_BL4GN.shape
@@ -355,7 +367,8 @@ def _forward_parts(
     dt = torch.empty(batch, 2, nheads, lp, device=device, dtype=torch.float32)
     cum = torch.empty_like(dt)
     _dt_kernel[(batch, nheads, nchunks)](
-        dt_raw_BL2H, dt_bias_H, A_H, dt, cum, seqlen, nheads, lp, dt_raw_BL2H.stride(0), dt_raw_BL2H.stride(1), Q=q
+        dt_raw_BL2H, dt_bias_H, A_H, dt, cum, seqlen, nheads, lp, dt_raw_BL2H.stride(0), dt_raw_BL2H.stride(1),
+        Q=q, LOG_A=log_decay,
     )
     gn = ngroups * d_state
     s_b, s_l, s_g = BC_BL4GN.stride(0), BC_BL4GN.stride(1), BC_BL4GN.stride(3)
@@ -380,5 +393,5 @@ def _forward_parts(
     )
     return SimpleNamespace(
         dt=dt, cum=cum, cb=cb, states=states, q=q, nchunks=nchunks, lp=lp, ieee=ieee, wide=wide, bn=bn,
-        bn_state=bn_state,
+        bn_state=bn_state, log_decay=log_decay,
     )

@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hthlight.kernels.hydra_scan import CONFIG, _forward_parts, _mm, _pid
+from hthlight.kernels.hydra_scan import CONFIG, _decay_rate, _forward_parts, _mm, _pid
 
 
 @triton.jit
@@ -49,6 +49,7 @@ def _adjoint_states_kernel(
     s_yb, s_yl, s_yh,
     s_b, s_l, s_g, off_bwd,
     Q: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr,
+    LOG_A: tl.constexpr,
 ):
     """adj (B, NC, 2, H, N, P): forward part, sum over later chunks of exp(..) C~_f dy^T; backward, earlier.
 
@@ -62,7 +63,7 @@ def _adjoint_states_kernel(
     direction = pid % 2
     nb = pid // 2
     g = h // (H // G)
-    A = tl.load(A_ptr + h).to(tl.float32)
+    A = _decay_rate(A_ptr, h, LOG_A)
     n = nb * BN + tl.arange(0, BN)
     nmask = n < N
     p = tl.arange(0, P)
@@ -94,17 +95,18 @@ def _adjoint_states_kernel(
 
 @triton.jit
 def _dx_kernel(
-    x_ptr, dy_ptr, B_ptr, dt_ptr, cum_ptr, A_ptr, adj_ptr, cb_ptr, diag_ptr, dx_ptr, scal_ptr,
+    x_ptr, dy_ptr, B_ptr, dt_ptr, cum_ptr, A_ptr, adj_ptr, cb_ptr, diag_ptr, dx_ptr, scal_ptr, dd_ptr,
     L, H, N, G, NC, Lp,
     s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
     s_b, s_l, s_g, off_bwd,
     s_db, s_dl,
     s_ob, s_ol, s_oh,
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-    IEEE: tl.constexpr, WIDE: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr, LOG_A: tl.constexpr,
 ):
-    """dx (B, L, H, P) with strides (s_ob, s_ol, s_oh, 1); scal (B, 3, H, Lp) float32 per token and head:
-    the parts of x.u_f and x.u_b that come from other chunks (through the adjoint states), and dy.x.
+    """dx (B, L, H, P) with strides (s_ob, s_ol, s_oh, 1); scal (B, 2, H, Lp) float32 per token and head:
+    the parts of x.u_f and x.u_b that come from other chunks (through the adjoint states); dd (B, L, H)
+    contiguous, the diagonal's gradient dy.x, in dd_ptr's dtype.
 
     The in-chunk parts of ``x.u`` are the column sums of ``_dw_kernel``'s pair flows, so inside the
     chunk both directions and their step sizes go into one matrix: one exponential and one product.
@@ -115,7 +117,7 @@ def _dx_kernel(
     b = bh // H
     h = bh % H
     g = h // (H // G)
-    A = tl.load(A_ptr + h).to(tl.float32)
+    A = _decay_rate(A_ptr, h, LOG_A)
     s = c * Q + m * BM + tl.arange(0, BM)
     svalid = s < L
     p = tl.arange(0, P)
@@ -147,12 +149,12 @@ def _dx_kernel(
     u_b = u_b * tl.exp(total_b - cum_b_s)[:, None]
     x = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=svalid[:, None], other=0.0)
     x = x.to(tl.float32)
-    scal = scal_ptr + (b * 3 * H + h) * Lp + s
+    scal = scal_ptr + (b * 2 * H + h) * Lp + s
     tl.store(scal, tl.sum(x * u_f, axis=1), mask=svalid)
     tl.store(scal + H * Lp, tl.sum(x * u_b, axis=1), mask=svalid)
     dy_s = tl.load(dy_ptr + b * s_yb + s[:, None] * s_yl + h * s_yh + p[None, :], mask=svalid[:, None], other=0.0)
     dy_s = dy_s.to(tl.float32)
-    tl.store(scal + 2 * H * Lp, tl.sum(x * dy_s, axis=1), mask=svalid)
+    tl.store(dd_ptr + (b * L + s) * H + h, tl.sum(x * dy_s, axis=1).to(dd_ptr.dtype.element_ty), mask=svalid)
     d_s = tl.load(diag_ptr + b * s_db + s * s_dl + h, mask=svalid, other=0.0).to(tl.float32)
     dx = d_s[:, None] * dy_s + dt_f_s[:, None] * u_f + dt_b_s[:, None] * u_b
 
@@ -180,6 +182,7 @@ def _dw_kernel(
     L, H, G, NC, Lp,
     s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
     Q: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr,
+    LOG_A: tl.constexpr,
 ):
     """W (B, G, NC, Q, Q) float32, one ``BT x BT`` tile per program, summed over the group's heads:
 
@@ -212,7 +215,7 @@ def _dw_kernel(
     cb = tl.load(cb_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :])
     for r in range(0, R):
         h = g * R + r
-        A = tl.load(A_ptr + h).to(tl.float32)
+        A = _decay_rate(A_ptr, h, LOG_A)
         dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=(t < L)[:, None], other=0.0)
         xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
         S = _mm(dy, tl.trans(xs), IEEE)  # [t, s] = dy_t . x_s
@@ -249,14 +252,14 @@ def _dbc_kernel(
     s_b, s_l, s_g, off_bwd,
     s_ob, s_ol,
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-    WANT_DB: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr,
+    WANT_DB: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr, LOG_A: tl.constexpr,
 ):
     """dC (WANT_DB False) or dB (True) of both parts for BM rows and BN state channels.
 
     The carried-state term is summed over the group's heads here (one ``BM x P x BN`` product
     per head); the in-chunk term is one product with the head-summed ``W`` of ``_dw_kernel``.
     Output ``dbc`` is (B, L, 4, G, N) laid out like ``BC`` (dB_f, dC_f, dB_b, dC_b), any dtype;
-    the pass writes every entry but ``dC_f[L - 1]`` and ``dC_b[0]`` (zero: no token reads them).
+    the dC pass writes ``dC_f[L - 1]`` and ``dC_b[0]`` as zeros (no token reads them).
 
     In the dC pass each head's carried-state product, dotted with ``C~`` before the sum over
     heads, also gives this N block's share of ``dy . y^f`` and ``dy . y^b`` of the carried-state
@@ -290,7 +293,7 @@ def _dbc_kernel(
         Ct_b = Ct_b.to(tl.float32)
     for r in range(0, R):
         h = g * R + r
-        A = tl.load(A_ptr + h).to(tl.float32)
+        A = _decay_rate(A_ptr, h, LOG_A)
         f_base = (b * 2 * H + h) * Lp
         b_base = ((b * 2 + 1) * H + h) * Lp
         dt_f_r = tl.load(dt_ptr + f_base + rows)
@@ -363,6 +366,9 @@ def _dbc_kernel(
         tl.store(out + G * N + rf[:, None] * s_ol, acc_f.to(out_dtype),
                  mask=((rf >= 0) & rvalid)[:, None] & nmask[None, :])
         tl.store(out + 3 * G * N + rb[:, None] * s_ol, acc_b.to(out_dtype), mask=(rb < L)[:, None] & nmask[None, :])
+        zero = tl.zeros((BM, BN), dtype=out_dtype)  # dC_f[L - 1] and dC_b[0]: no token reads them
+        tl.store(out + G * N + rows[:, None] * s_ol, zero, mask=(rows == L - 1)[:, None] & nmask[None, :])
+        tl.store(out + 3 * G * N + rows[:, None] * s_ol, zero, mask=(rows == 0)[:, None] & nmask[None, :])
 
 
 @triton.jit
@@ -370,18 +376,18 @@ def _decay_grad_kernel(
     wst_ptr, rows_ptr, cols_ptr, scal_ptr, dt_ptr, cross_ptr, raw_ptr, bias_ptr, A_ptr, draw_ptr, part_ptr,
     L, H, NC, Lp, NB, ND,
     s_rb, s_rl,
-    Q: tl.constexpr, NT: tl.constexpr,
+    Q: tl.constexpr, NT: tl.constexpr, LOG_A: tl.constexpr,
 ):
     """One chunk and head: the decay gradient ``da`` of both parts from its four pieces (module
     docstring), then ``ddt = x.u + A da`` and ``d dt_raw = ddt sigmoid(raw + dt_bias)`` (stored
-    in ``draw``, laid out like ``dt_raw``), and this chunk's shares of ``dA`` and ``d dt_bias``
-    (``part``: (B, H, NC, 2) float32)."""
+    in ``draw``, laid out like ``dt_raw``), and this chunk's shares of ``dA`` (``d A_log`` with
+    ``LOG_A``) and ``d dt_bias`` (``part``: (B, H, NC, 2) float32)."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     c = tl.program_id(2)
     t = c * Q + tl.arange(0, Q)
     valid = t < L
-    A = tl.load(A_ptr + h).to(tl.float32)
+    A = _decay_rate(A_ptr, h, LOG_A)
     bias = tl.load(bias_ptr + h).to(tl.float32)
     dA = 0.0
     dbias = 0.0
@@ -395,7 +401,7 @@ def _decay_grad_kernel(
             w += tl.load(rows_ptr + (((b * 2 + d) * H + h) * NT + i) * Lp + t)
             z_in += tl.load(cols_ptr + (((b * 2 + d) * H + h) * NT + i) * Lp + t)
         dt = tl.load(dt_ptr + base + t)
-        xu_out = tl.load(scal_ptr + ((b * 3 + d) * H + h) * Lp + t, mask=valid, other=0.0)  # x . u, other chunks
+        xu_out = tl.load(scal_ptr + ((b * 2 + d) * H + h) * Lp + t, mask=valid, other=0.0)  # x . u, other chunks
         xu = xu_out + z_in  # + the in-chunk part
         z_in = dt * z_in
         z_out = dt * xu_out
@@ -413,6 +419,8 @@ def _decay_grad_kernel(
         dA += tl.sum(tl.where(valid, dt * da, 0.0), axis=0)
         dbias += tl.sum(draw, axis=0)
     out = part_ptr + ((b * H + h) * NC + c) * 2
+    if LOG_A:  # the share of d A_log = dA * A (A = -exp(A_log))
+        dA = dA * A
     tl.store(out, dA)
     tl.store(out + 1, dbias)
 
@@ -425,8 +433,12 @@ def _destination(name: str, out: torch.Tensor, shape: torch.Size) -> torch.Tenso
     return out
 
 
-def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=None, dBC_out=None, parts=None):
+def hydra_scan_bwd(
+    dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, log_decay=False, dx_out=None, dBC_out=None, parts=None
+):
     """Gradients of :func:`hydra_scan_fwd` for ``(x, dt_raw, dt_bias, A, BC, diag)``.
+
+    ``log_decay``: ``A`` is the layer's ``A_log`` (``A = -exp(A_log)``), and its gradient is the one returned.
 
     ``dx_out`` and ``dBC_out`` are optional destinations (any views contiguous in their last
     dimension): a layer can have the gradients written straight into slices of one buffer
@@ -440,9 +452,10 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     ieee = x.dtype == torch.float32
     dy = dy.contiguous() if dy.stride(-1) != 1 else dy
     if parts is None:
-        parts = _forward_parts(x, dt_raw, dt_bias, A, BC, diag, chunk_size, ieee=ieee)  # dt, cum, CB, states
-    elif parts.q != chunk_size or parts.ieee != ieee or parts.states.shape[:2] != (batch, triton.cdiv(seqlen, parts.q)):
-        raise ValueError("parts were computed for other inputs or another chunk size")
+        parts = _forward_parts(x, dt_raw, dt_bias, A, BC, diag, chunk_size, ieee=ieee, log_decay=log_decay)
+    elif (parts.q != chunk_size or parts.ieee != ieee or parts.log_decay != log_decay
+          or parts.states.shape[:2] != (batch, triton.cdiv(seqlen, parts.q))):
+        raise ValueError("parts were computed for other inputs, another chunk size or another log_decay")
     q, nchunks, lp = parts.q, parts.nchunks, parts.lp
     device = x.device
     s_b, s_l, s_g = BC.stride(0), BC.stride(1), BC.stride(3)
@@ -458,20 +471,22 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     _adjoint_states_kernel[(batch, nheads, 2 * n_blocks)](
         dy, C_f, parts.dt, parts.cum, A, adj, parts.states, cross, seqlen, nheads, d_state, ngroups, nchunks, lp,
         dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
-        Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, WIDE=wide,
+        Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, WIDE=wide, LOG_A=log_decay,
         num_warps=CONFIG["adj_warps"], num_stages=1 if ieee else CONFIG["adj_stages"],
     )
     if dx_out is not None:
         dx = _destination("dx_out", dx_out, x.shape)
     else:
         dx = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=out_dtypes[0])
-    scal = torch.empty(batch, 3, nheads, lp, device=device, dtype=torch.float32)  # tokens past L: never read
+    scal = torch.empty(batch, 2, nheads, lp, device=device, dtype=torch.float32)  # tokens past L: never read
+    ddiag = torch.empty(batch, seqlen, nheads, device=device, dtype=diag.dtype)
     dx_bm, dx_warps = (min(64, q), 4) if ieee else (min(CONFIG["dx_bm"], q), CONFIG["dx_warps"])
     _dx_kernel[(batch * nheads, nchunks, q // dx_bm)](
-        x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, seqlen, nheads, d_state, ngroups, nchunks,
+        x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, ddiag, seqlen, nheads, d_state, ngroups,
+        nchunks,
         lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
         diag.stride(0), diag.stride(1), dx.stride(0), dx.stride(1), dx.stride(2),
-        Q=q, P=headdim, BM=dx_bm, BK=min(CONFIG["dx_bk"], q), BN=bn, IEEE=ieee, WIDE=wide,
+        Q=q, P=headdim, BM=dx_bm, BK=min(CONFIG["dx_bk"], q), BN=bn, IEEE=ieee, WIDE=wide, LOG_A=log_decay,
         num_warps=dx_warps, num_stages=CONFIG["dx_stages"],
     )
     bt = min(CONFIG["dw_bt"], q)
@@ -481,7 +496,8 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     _dw_kernel[(batch * ngroups, nchunks, (q // bt) ** 2)](
         x, dy, parts.dt, parts.cum, A, parts.cb, w_mat, pair_rows, pair_cols, seqlen, nheads, ngroups, nchunks, lp,
         x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
-        Q=q, P=headdim, BT=bt, IEEE=ieee, WIDE=wide, num_warps=CONFIG["dw_warps"], num_stages=CONFIG["dw_stages"],
+        Q=q, P=headdim, BT=bt, IEEE=ieee, WIDE=wide, LOG_A=log_decay,
+        num_warps=CONFIG["dw_warps"], num_stages=CONFIG["dw_stages"],
     )
     if dBC_out is not None:
         dbc = _destination("dBC_out", dBC_out, BC.shape)
@@ -489,8 +505,6 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
             raise ValueError(f"dBC_out must be contiguous in its last three dimensions, got strides {dbc.stride()}")
     else:
         dbc = torch.empty(batch, seqlen, 4, ngroups, d_state, device=device, dtype=out_dtypes[1])
-    dbc[:, seqlen - 1, 1].zero_()  # dC_f[L - 1] and dC_b[0]: no token reads them, the kernel skips them
-    dbc[:, 0, 3].zero_()
     bn_bc = min(CONFIG["dbc_bn"], triton.next_power_of_2(d_state))
     n_dot = triton.cdiv(d_state, bn_bc)
     # The dC pass also gives dy . y^f and dy . y^b of the carried-state parts, per token, head and state block.
@@ -504,7 +518,7 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
             ngroups, nchunks, lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
             s_b, s_l, s_g, off_bwd, dbc.stride(0), dbc.stride(1),
             Q=q, P=headdim, BM=dbc_bm, BK=min(CONFIG["dbc_bk"], q), BN=bn_bc, WANT_DB=want_db, IEEE=ieee, WIDE=wide,
-            num_warps=warps, num_stages=CONFIG["dbc_stages"],
+            LOG_A=log_decay, num_warps=warps, num_stages=CONFIG["dbc_stages"],
         )
 
     # Per-token scalars: decays, dt, dt_bias, A (sec. "the log-decays" in the module docstring),
@@ -514,15 +528,7 @@ def hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, dx_out=No
     _decay_grad_kernel[(batch, nheads, nchunks)](
         w, pair_rows, pair_cols, scal, parts.dt, cross, dt_raw, dt_bias, A, ddt_raw, part,
         seqlen, nheads, nchunks, lp, n_blocks, n_dot, dt_raw.stride(0), dt_raw.stride(1),
-        Q=q, NT=q // bt, num_warps=4,
+        Q=q, NT=q // bt, LOG_A=log_decay, num_warps=4,
     )
     dA, ddt_bias = part.sum(dim=(0, 2)).unbind(-1)
-    ddiag = scal[:, 2, :, :seqlen].transpose(1, 2)  # (B, L, H)
-    return (
-        dx,
-        ddt_raw,
-        ddt_bias.to(dt_bias.dtype),
-        dA.to(A.dtype),
-        dbc,
-        ddiag.to(diag.dtype),
-    )
+    return dx, ddt_raw, ddt_bias.to(dt_bias.dtype), dA.to(A.dtype), dbc, ddiag

@@ -84,6 +84,22 @@ INTERPRETER_CHECK = textwrap.dedent(
         errors.append([rel_err(g, r) for g, r in zip(grads, ref)])  # x, dt_raw, dt_bias, A, BC, diag
     print("grad", max(e[i] for e in errors for i in (0, 1, 4, 5)))
     print("reduced", max(e[i] for e in errors for i in (2, 3)))  # sums over every token: dt_bias, A
+
+    # log_decay: the layer's A_log in place of A = -exp(A_log); the same output, and its gradient
+    # is d A_log = dA * A. A mismatched parts is refused.
+    x, dt_raw, dt_bias, A, BC, diag = random_inputs(1, 45, 2, 16, 1, 16, torch.float32, "cpu", seed=4)
+    A_log = torch.log(-A)
+    dy = torch.randn(x.shape)
+    y_ref, parts = hydra_scan_fwd(x, dt_raw, dt_bias, A, BC, diag, chunk_size=32, return_parts=True)
+    y = hydra_scan_fwd(x, dt_raw, dt_bias, A_log, BC, diag, chunk_size=32, log_decay=True)
+    dA = hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, 32)[3]
+    dA_log = hydra_scan_bwd(dy, x, dt_raw, dt_bias, A_log, BC, diag, 32, log_decay=True)[3]
+    try:
+        hydra_scan_bwd(dy, x, dt_raw, dt_bias, A_log, BC, diag, 32, log_decay=True, parts=parts)
+        refused = False
+    except ValueError as err:
+        refused = "log_decay" in str(err)
+    print("log", max(rel_err(y, y_ref), rel_err(dA_log, dA * A)) if refused else 1.0)
     """
 )
 
@@ -93,8 +109,8 @@ def test_triton_kernels_match_reference_in_interpreter():
     """The real kernels in Triton's CPU interpreter: odd lengths, several chunks, ngroups 1 and 2; all gradients."""
     stdout = run_interpreted(INTERPRETER_CHECK)
     errors = {line.split()[0]: float(line.split()[1]) for line in stdout.strip().splitlines()}
-    assert len(errors) == 4, stdout
-    assert max(errors["37"], errors["70"], errors["grad"]) < 1e-5 and errors["reduced"] < 1e-4, stdout
+    assert len(errors) == 5, stdout
+    assert max(errors["37"], errors["70"], errors["grad"], errors["log"]) < 1e-5 and errors["reduced"] < 1e-4, stdout
 
 
 CORE_CHECK = textwrap.dedent(
