@@ -9,11 +9,12 @@ Backward: the conv's ``dxBC`` is written straight into one gradient buffer laid 
 input projection's output ``z | xBC | dt`` (the norm's ``dz`` by a second pass of the norm's
 backward once the scan's is done, the scan's ``ddt`` copied in), the scan's ``dx`` and
 ``dBC`` straight into one buffer laid out like the conv output ``x | BC``, and ``fc_D``'s input
-gradient is added to ``dx`` by the matrix product itself (``addmm`` into the slice). Composing
-separate autograd Functions instead costs a concatenation of each buffer's parts and a sum of
-the two ``dx`` (0.9 ms of 19.6 at HTH-5B width, 16k tokens, H100). (Folding that ``addmm``
-into the conv's ``dpre`` pass as a small product per tile was measured and dropped: 0.26-0.30 ms
-more in that pass against the ``addmm``'s 0.21 ms.)
+gradient ``ddiag fc_D`` is added to ``dx`` inside the scan's ``dx`` kernel
+(``hydra_scan_bwd(..., diag_weight=)``). Composing separate autograd Functions instead costs a
+concatenation of each buffer's parts and a sum of the two ``dx`` (0.9 ms of 19.6 at HTH-5B width,
+16k tokens, H100). (``fc_D``'s input gradient was an ``addmm`` into the ``dx`` slice until the tenth
+session: 0.20 ms there, against 0.07 ms more in the ``dx`` kernel; folding it into the conv's
+``dpre`` pass instead was measured and dropped: 0.26-0.30 ms more in that pass.)
 """
 
 from __future__ import annotations
@@ -113,11 +114,10 @@ class HydraCore(torch.autograd.Function):
             dx_out=dact[..., :inner].unflatten(-1, (nheads, -1)),
             dBC_out=dact[..., inner:].unflatten(-1, (4, ngroups, d_state)),
             parts=parts,
+            diag_weight=fc_D_weight,  # diag = x fc_D^T + D: fc_D's input gradient is added to dx in the dx kernel
         )
         del dy, parts, kept
-        # diag = x fc_D^T + D: fc_D's input gradient is accumulated into dx by the product.
         ddiag_NH = ddiag.view(-1, nheads).to(x.dtype)  # contiguous, in the dtype of x (diag's)
-        dact[..., :inner].view(-1, inner).addmm_(ddiag_NH, fc_D_weight.to(x.dtype))
         dfc_D = (ddiag_NH.t() @ x.reshape(-1, inner)).to(fc_D_weight.dtype)
         dD = ddiag.sum((0, 1)).to(ctx.D_dtype)
         del ddiag, ddiag_NH

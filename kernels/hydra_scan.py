@@ -110,9 +110,9 @@ def _cb_kernel(
     ``B_ptr``/``C_ptr`` point at the forward direction's B and C; the backward direction's
     are ``off_bwd`` elements further (they live side by side in the conv output).
     """
-    bg = _pid(0, WIDE)  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
-    c = _pid(1, WIDE)
-    tile = tl.program_id(2)
+    tile = tl.program_id(0)  # a chunk's tiles run side by side (they share its rows of B and C in cache)
+    c = _pid(1, WIDE)  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
+    bg = _pid(2, WIDE)
     b = bg // G
     g = bg % G
     NT: tl.constexpr = Q // BT
@@ -160,9 +160,9 @@ def _states_kernel(
 
     Forward: the state after all tokens before the chunk; backward: after all tokens after it.
     """
-    b = _pid(0, WIDE)  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
+    pid = tl.program_id(0)  # a head's state blocks and directions run side by side (they share its x in cache)
     h = tl.program_id(1)
-    pid = tl.program_id(2)
+    b = _pid(2, WIDE)  # 64-bit offsets: long sequences of wide layers pass 2**31 elements
     direction = pid % 2
     nb = pid // 2
     g = h // (H // G)
@@ -269,7 +269,7 @@ def _output_kernel(
 #: float32 inputs (the exact IEEE path) keep 64-row tiles on 4 warps, forward and backward.
 CONFIG = {
     "out_bm": 128, "out_warps": 4, "state_bn": 64, "state_warps": 4, "state_stages": 2,
-    "adj_warps": 4, "adj_stages": 1, "dw_warps": 4,
+    "adj_warps": 4, "adj_stages": 2, "dw_warps": 4,
     "dx_bm": 128, "dx_warps": 8, "dbc_bm": 128, "dbc_bn": 64, "dc_warps": 8, "db_warps": 4,
     "dx_stages": 3, "dw_stages": 3, "dbc_stages": 3, "dw_bt": 64, "out_bk": 32, "out_stages": 3, "dx_bk": 32,
     "dbc_bk": 32,
@@ -377,7 +377,7 @@ def _forward_parts(
     bn = min(64, triton.next_power_of_2(d_state))
     bt = min(64, q)
     cb = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
-    _cb_kernel[(batch * ngroups, nchunks, (q // bt) ** 2)](
+    _cb_kernel[((q // bt) ** 2, nchunks, batch * ngroups)](
         B_f, C_f, cb, seqlen, d_state, ngroups, nchunks, s_b, s_l, s_g, 0, off_bwd,
         Q=q, BT=bt, BN=bn, IEEE=ieee, WIDE=wide, num_warps=4,
     )
@@ -385,7 +385,7 @@ def _forward_parts(
     wide_tiles = x_BLHP.dtype == torch.float32 and q > 128  # float32 tiles of 256 rows need smaller blocks
     bn_state = min(CONFIG["state_bn"] if headdim <= 64 and not wide_tiles else 32,
                    triton.next_power_of_2(d_state))
-    _states_kernel[(batch, nheads, 2 * triton.cdiv(d_state, bn_state))](
+    _states_kernel[(2 * triton.cdiv(d_state, bn_state), nheads, batch)](
         x_BLHP, B_f, dt, cum, states, seqlen, nheads, d_state, ngroups, nchunks, lp,
         x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, off_bwd,
         Q=q, P=headdim, BN=bn_state, IEEE=ieee, WIDE=wide, num_warps=CONFIG["state_warps"],

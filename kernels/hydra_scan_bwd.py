@@ -57,9 +57,9 @@ def _adjoint_states_kernel(
     ``exp(chunk's log-decay) <state entering the chunk, adjoint leaving it>``, the gradient
     flow of the token pairs that straddle the whole chunk (the decay gradients' chunk term).
     """
-    b = _pid(0, WIDE)
+    pid = tl.program_id(0)  # a head's state blocks and directions run side by side (they share its dy in cache)
     h = tl.program_id(1)
-    pid = tl.program_id(2)
+    b = _pid(2, WIDE)
     direction = pid % 2
     nb = pid // 2
     g = h // (H // G)
@@ -72,7 +72,7 @@ def _adjoint_states_kernel(
     base = ((b * 2 + direction) * H + h) * Lp
     shift = 2 * direction - 1  # C~_f[t] = C_f[t - 1], C~_b[t] = C_b[t + 1]
     C_base = C_ptr + b * s_b + g * s_g + direction * off_bwd
-    NB = tl.num_programs(2) // 2
+    NB = tl.num_programs(0) // 2
     for k in range(0, NC):
         c = k + (1 - direction) * (NC - 1 - 2 * k)  # forward part: from the end; backward part: from the start
         off = ((((b * NC + c) * 2 + direction) * H + h) * N + n[:, None]) * P + p[None, :]
@@ -95,18 +95,22 @@ def _adjoint_states_kernel(
 
 @triton.jit
 def _dx_kernel(
-    x_ptr, dy_ptr, B_ptr, dt_ptr, cum_ptr, A_ptr, adj_ptr, cb_ptr, diag_ptr, dx_ptr, scal_ptr, dd_ptr,
+    x_ptr, dy_ptr, B_ptr, dt_ptr, cum_ptr, A_ptr, adj_ptr, cb_ptr, diag_ptr, dx_ptr, scal_ptr, dd_ptr, fc_ptr,
     L, H, N, G, NC, Lp,
     s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
     s_b, s_l, s_g, off_bwd,
     s_db, s_dl,
-    s_ob, s_ol, s_oh,
+    s_ob, s_ol, s_oh, s_fc,
     Q: tl.constexpr, P: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-    IEEE: tl.constexpr, WIDE: tl.constexpr, LOG_A: tl.constexpr,
+    IEEE: tl.constexpr, WIDE: tl.constexpr, LOG_A: tl.constexpr, HP: tl.constexpr, FC: tl.constexpr,
 ):
     """dx (B, L, H, P) with strides (s_ob, s_ol, s_oh, 1); scal (B, 2, H, Lp) float32 per token and head:
-    the parts of x.u_f and x.u_b that come from other chunks (through the adjoint states); dd (B, L, H)
-    contiguous, the diagonal's gradient dy.x, in dd_ptr's dtype.
+    the parts of x.u_f and x.u_b that come from other chunks (through the adjoint states).
+
+    With ``FC`` the diagonal is a projection of ``x`` itself, ``d = x W^T + D`` (``W``: (H, H P) at
+    ``fc_ptr``, row stride ``s_fc``), and ``dx`` also takes its input gradient ``dd W`` from the
+    diagonal's gradient ``dd`` (B, L, H) that ``_dw_kernel`` stored: one ``BM x H x P`` product here
+    instead of a separate matrix product that reads and writes all of ``dx`` again.
 
     The in-chunk parts of ``x.u`` are the column sums of ``_dw_kernel``'s pair flows, so inside the
     chunk both directions and their step sizes go into one matrix: one exponential and one product.
@@ -154,9 +158,14 @@ def _dx_kernel(
     tl.store(scal + H * Lp, tl.sum(x * u_b, axis=1), mask=svalid)
     dy_s = tl.load(dy_ptr + b * s_yb + s[:, None] * s_yl + h * s_yh + p[None, :], mask=svalid[:, None], other=0.0)
     dy_s = dy_s.to(tl.float32)
-    tl.store(dd_ptr + (b * L + s) * H + h, tl.sum(x * dy_s, axis=1).to(dd_ptr.dtype.element_ty), mask=svalid)
     d_s = tl.load(diag_ptr + b * s_db + s * s_dl + h, mask=svalid, other=0.0).to(tl.float32)
     dx = d_s[:, None] * dy_s + dt_f_s[:, None] * u_f + dt_b_s[:, None] * u_b
+    if FC:  # + dd W: every head's diagonal gradient of these tokens times W's columns of this head
+        k = tl.arange(0, HP)
+        dd = tl.load(dd_ptr + (b * L + s[:, None]) * H + k[None, :], mask=svalid[:, None] & (k < H)[None, :],
+                     other=0.0)
+        W = tl.load(fc_ptr + k[:, None] * s_fc + h * P + p[None, :], mask=(k < H)[:, None], other=0.0)
+        dx += _mm(dd.to(W.dtype), W, IEEE)
 
     # Inside the chunk: the transposed CB matrix, decayed and scaled by dt_s, times dy. One exponential
     # per entry: the forward part's log-decay where t > s, the backward's where t < s (cb is 0 at t = s).
@@ -177,8 +186,72 @@ def _dx_kernel(
 
 
 @triton.jit
+def _dw_heads(
+    x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, cb, rows_ptr, cols_ptr, dd_ptr,
+    b, g, t, s, i, j, L, H, G, Lp,
+    s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
+    P: tl.constexpr, BT: tl.constexpr, NT: tl.constexpr, DIAG: tl.constexpr, IEEE: tl.constexpr,
+    LOG_A: tl.constexpr,
+):
+    """``_dw_kernel``'s loop over the group's heads for one tile. A diagonal tile (``DIAG``) holds
+    both parts (forward below its diagonal, backward above); a tile below the diagonal only the
+    forward part and one above only the backward part, so there each entry takes one log-decay,
+    no masks, and the other part's row and column sums are stored as zeros. A diagonal tile's rows and
+    columns are the same tokens, so it also stores the diagonal's gradient ``dd = dy . x`` of its rows."""
+    R = H // G
+    p = tl.arange(0, P)
+    lt = s[None, :] < t[:, None]
+    gt = s[None, :] > t[:, None]
+    part = (i < j).to(tl.int32)  # off-diagonal tiles: 0 forward part (below), 1 backward part (above)
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
+    for r in range(0, R):
+        h = g * R + r
+        A = _decay_rate(A_ptr, h, LOG_A)
+        dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=(t < L)[:, None], other=0.0)
+        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
+        S = _mm(dy, tl.trans(xs), IEEE)  # [t, s] = dy_t . x_s
+        f_base = (b * 2 * H + h) * Lp
+        b_base = ((b * 2 + 1) * H + h) * Lp
+        f_rows = ((b * 2 * H + h) * NT + j) * Lp + t
+        b_rows = (((b * 2 + 1) * H + h) * NT + j) * Lp + t
+        f_cols = ((b * 2 * H + h) * NT + i) * Lp + s
+        b_cols = (((b * 2 + 1) * H + h) * NT + i) * Lp + s
+        if DIAG:  # one exponential per entry: the forward part's log-decay below the diagonal, the backward's above
+            excl_f = tl.load(cum_ptr + f_base + t) - tl.load(dt_ptr + f_base + t) * A
+            excl_b = tl.load(cum_ptr + b_base + t) - tl.load(dt_ptr + b_base + t) * A
+            log_f = excl_f[:, None] - tl.load(cum_ptr + f_base + s)[None, :]
+            log_b = excl_b[:, None] - tl.load(cum_ptr + b_base + s)[None, :]
+            log = tl.where(lt, log_f, tl.where(gt, log_b, float("-inf")))
+            dt_s = tl.where(lt, tl.load(dt_ptr + f_base + s)[None, :], tl.load(dt_ptr + b_base + s)[None, :])
+            decayed = S * tl.exp(log)
+            term = decayed * dt_s
+            pair = term * cb  # dy_t . M[t, s] x_s: forward part below the diagonal, backward part above
+            flow = decayed * cb  # the same without dt_s: its column sums are x_s . u_s of the in-chunk parts
+            tl.store(rows_ptr + f_rows, tl.sum(tl.where(lt, pair, 0.0), axis=1))
+            tl.store(rows_ptr + b_rows, tl.sum(tl.where(gt, pair, 0.0), axis=1))
+            tl.store(cols_ptr + f_cols, tl.sum(tl.where(lt, flow, 0.0), axis=0))
+            tl.store(cols_ptr + b_cols, tl.sum(tl.where(gt, flow, 0.0), axis=0))
+            dd = tl.sum(tl.where(s[None, :] == t[:, None], S, 0.0), axis=1)  # S's diagonal: dy_t . x_t
+            tl.store(dd_ptr + (b * L + t) * H + h, dd.to(dd_ptr.dtype.element_ty), mask=t < L)
+        else:
+            base = ((b * 2 + part) * H + h) * Lp
+            excl = tl.load(cum_ptr + base + t) - tl.load(dt_ptr + base + t) * A
+            decayed = S * tl.exp(excl[:, None] - tl.load(cum_ptr + base + s)[None, :])
+            term = decayed * tl.load(dt_ptr + base + s)[None, :]
+            zero = tl.zeros((BT,), dtype=tl.float32)
+            row_sum = tl.sum(term * cb, axis=1)
+            col_sum = tl.sum(decayed * cb, axis=0)
+            tl.store(rows_ptr + f_rows, tl.where(part == 0, row_sum, zero))
+            tl.store(rows_ptr + b_rows, tl.where(part == 0, zero, row_sum))
+            tl.store(cols_ptr + f_cols, tl.where(part == 0, col_sum, zero))
+            tl.store(cols_ptr + b_cols, tl.where(part == 0, zero, col_sum))
+        acc += term
+    return acc
+
+
+@triton.jit
 def _dw_kernel(
-    x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, cb_ptr, w_ptr, rows_ptr, cols_ptr,
+    x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, cb_ptr, w_ptr, rows_ptr, cols_ptr, dd_ptr,
     L, H, G, NC, Lp,
     s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
     Q: tl.constexpr, P: tl.constexpr, BT: tl.constexpr, IEEE: tl.constexpr, WIDE: tl.constexpr,
@@ -194,53 +267,27 @@ def _dw_kernel(
     token pairs' gradient flow, exact in float32) over this tile's columns into ``rows``
     (B, 2, H, NT, Lp): ``dy_t . y_t`` of the in-chunk parts, and (without ``dt_s``) over its rows
     into ``cols``: ``x_s . u_s`` of the in-chunk parts; index 0 forward part, 1 backward part.
+    The diagonal tiles store the diagonal's gradient ``dd = dy . x`` (B, L, H) in ``dd_ptr``'s dtype.
     """
-    bg = _pid(0, WIDE)
+    tile = tl.program_id(0)  # a chunk's tiles run side by side (they share its rows of x and dy in cache)
     c = _pid(1, WIDE)
-    tile = tl.program_id(2)
+    bg = _pid(2, WIDE)
     b = bg // G
     g = bg % G
-    R = H // G
     NT: tl.constexpr = Q // BT
     i = tile // NT
     j = tile % NT
     t = c * Q + i * BT + tl.arange(0, BT)
     s = c * Q + j * BT + tl.arange(0, BT)
-    p = tl.arange(0, P)
-    lt = s[None, :] < t[:, None]  # (a branch on i, j inside the head loop crashes Triton 3.6's Hopper pipeline)
-    gt = s[None, :] > t[:, None]
-    acc = tl.zeros((BT, BT), dtype=tl.float32)
     ti = i * BT + tl.arange(0, BT)
     sj = j * BT + tl.arange(0, BT)
     cb = tl.load(cb_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :])
-    for r in range(0, R):
-        h = g * R + r
-        A = _decay_rate(A_ptr, h, LOG_A)
-        dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=(t < L)[:, None], other=0.0)
-        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
-        S = _mm(dy, tl.trans(xs), IEEE)  # [t, s] = dy_t . x_s
-        # One exponential per entry: the forward part's log-decay below the diagonal, the backward's above.
-        f_base = (b * 2 * H + h) * Lp
-        b_base = ((b * 2 + 1) * H + h) * Lp
-        excl_f = tl.load(cum_ptr + f_base + t) - tl.load(dt_ptr + f_base + t) * A
-        excl_b = tl.load(cum_ptr + b_base + t) - tl.load(dt_ptr + b_base + t) * A
-        log_f = excl_f[:, None] - tl.load(cum_ptr + f_base + s)[None, :]
-        log_b = excl_b[:, None] - tl.load(cum_ptr + b_base + s)[None, :]
-        log = tl.where(lt, log_f, tl.where(gt, log_b, float("-inf")))
-        dt_s = tl.where(lt, tl.load(dt_ptr + f_base + s)[None, :], tl.load(dt_ptr + b_base + s)[None, :])
-        decayed = S * tl.exp(log)
-        term = decayed * dt_s
-        acc += term
-        pair = term * cb  # dy_t . M[t, s] x_s: forward part below the diagonal, backward part above
-        flow = decayed * cb  # the same without dt_s: its column sums are x_s . u_s of the in-chunk parts
-        f_rows = ((b * 2 * H + h) * NT + j) * Lp + t
-        b_rows = (((b * 2 + 1) * H + h) * NT + j) * Lp + t
-        tl.store(rows_ptr + f_rows, tl.sum(tl.where(lt, pair, 0.0), axis=1))
-        tl.store(rows_ptr + b_rows, tl.sum(tl.where(gt, pair, 0.0), axis=1))
-        f_cols = ((b * 2 * H + h) * NT + i) * Lp + s
-        b_cols = (((b * 2 + 1) * H + h) * NT + i) * Lp + s
-        tl.store(cols_ptr + f_cols, tl.sum(tl.where(lt, flow, 0.0), axis=0))
-        tl.store(cols_ptr + b_cols, tl.sum(tl.where(gt, flow, 0.0), axis=0))
+    args = (x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, cb, rows_ptr, cols_ptr, dd_ptr, b, g, t, s, i, j, L, H, G, Lp,
+            s_xb, s_xl, s_xh, s_yb, s_yl, s_yh)
+    if i == j:
+        acc = _dw_heads(*args, P=P, BT=BT, NT=NT, DIAG=True, IEEE=IEEE, LOG_A=LOG_A)
+    else:
+        acc = _dw_heads(*args, P=P, BT=BT, NT=NT, DIAG=False, IEEE=IEEE, LOG_A=LOG_A)
     tl.store(w_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :], acc)
 
 
@@ -267,9 +314,9 @@ def _dbc_kernel(
     states instead of a second, dy-dotted run of the forward output kernel (0.51 ms less at
     HTH-5B width, 16k tokens, H100).
     """
-    bg = _pid(0, WIDE)
+    pid = tl.program_id(0)  # a chunk's row and state blocks run side by side (they share its x, dy, W in cache)
     c = _pid(1, WIDE)
-    pid = tl.program_id(2)
+    bg = _pid(2, WIDE)
     NB = tl.cdiv(N, BN)
     m = pid // NB
     nb = pid % NB
@@ -434,7 +481,8 @@ def _destination(name: str, out: torch.Tensor, shape: torch.Size) -> torch.Tenso
 
 
 def hydra_scan_bwd(
-    dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, log_decay=False, dx_out=None, dBC_out=None, parts=None
+    dy, x, dt_raw, dt_bias, A, BC, diag, chunk_size, *, log_decay=False, dx_out=None, dBC_out=None, parts=None,
+    diag_weight=None,
 ):
     """Gradients of :func:`hydra_scan_fwd` for ``(x, dt_raw, dt_bias, A, BC, diag)``.
 
@@ -445,12 +493,21 @@ def hydra_scan_bwd(
     instead of concatenating them. ``parts``: what ``hydra_scan_fwd(..., return_parts=True)``
     returned for these inputs; without it the carried states are recomputed (0.8 ms at HTH-5B
     width, 16k tokens, H100).
+
+    ``diag_weight`` (H, H P): the layer's diagonal is a projection of ``x``, ``diag = x W^T + D``
+    (Hydra's ``fc_D``); the returned ``dx`` then includes that path, ``ddiag W``, added inside the
+    ``dx`` kernel (at HTH-5B width, 16k tokens this replaces a 0.20 ms ``addmm`` over all of ``dx``).
     """
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = BC.shape[-2:]
     out_dtypes = (x.dtype, BC.dtype)
     ieee = x.dtype == torch.float32
     dy = dy.contiguous() if dy.stride(-1) != 1 else dy
+    if diag_weight is not None:
+        if tuple(diag_weight.shape) != (nheads, nheads * headdim) or diag_weight.stride(-1) != 1:
+            raise ValueError(f"diag_weight must be ({nheads}, {nheads * headdim}) with stride(-1) == 1, got "
+                             f"{tuple(diag_weight.shape)}, strides {diag_weight.stride()}")
+        diag_weight = diag_weight.to(x.dtype)
     if parts is None:
         parts = _forward_parts(x, dt_raw, dt_bias, A, BC, diag, chunk_size, ieee=ieee, log_decay=log_decay)
     elif (parts.q != chunk_size or parts.ieee != ieee or parts.log_decay != log_decay
@@ -468,36 +525,39 @@ def hydra_scan_bwd(
     adj = torch.empty_like(parts.states)
     n_blocks = triton.cdiv(d_state, parts.bn_state)
     cross = torch.empty(batch, 2, nheads, n_blocks, nchunks, device=device, dtype=torch.float32)
-    _adjoint_states_kernel[(batch, nheads, 2 * n_blocks)](
+    _adjoint_states_kernel[(2 * n_blocks, nheads, batch)](
         dy, C_f, parts.dt, parts.cum, A, adj, parts.states, cross, seqlen, nheads, d_state, ngroups, nchunks, lp,
         dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
         Q=q, P=headdim, BN=parts.bn_state, IEEE=ieee, WIDE=wide, LOG_A=log_decay,
         num_warps=CONFIG["adj_warps"], num_stages=1 if ieee else CONFIG["adj_stages"],
+    )
+    bt = min(CONFIG["dw_bt"], q)
+    w_mat = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
+    pair_rows = torch.empty(batch, 2, nheads, q // bt, lp, device=device, dtype=torch.float32)  # all written
+    pair_cols = torch.empty_like(pair_rows)
+    ddiag = torch.empty(batch, seqlen, nheads, device=device, dtype=diag.dtype)  # dy . x, by the diagonal tiles
+    _dw_kernel[((q // bt) ** 2, nchunks, batch * ngroups)](
+        x, dy, parts.dt, parts.cum, A, parts.cb, w_mat, pair_rows, pair_cols, ddiag, seqlen, nheads, ngroups, nchunks,
+        lp,
+        x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
+        Q=q, P=headdim, BT=bt, IEEE=ieee, WIDE=wide, LOG_A=log_decay,
+        num_warps=CONFIG["dw_warps"], num_stages=CONFIG["dw_stages"],
     )
     if dx_out is not None:
         dx = _destination("dx_out", dx_out, x.shape)
     else:
         dx = torch.empty(batch, seqlen, nheads, headdim, device=device, dtype=out_dtypes[0])
     scal = torch.empty(batch, 2, nheads, lp, device=device, dtype=torch.float32)  # tokens past L: never read
-    ddiag = torch.empty(batch, seqlen, nheads, device=device, dtype=diag.dtype)
     dx_bm, dx_warps = (min(64, q), 4) if ieee else (min(CONFIG["dx_bm"], q), CONFIG["dx_warps"])
     _dx_kernel[(batch * nheads, nchunks, q // dx_bm)](
-        x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, ddiag, seqlen, nheads, d_state, ngroups,
-        nchunks,
+        x, dy, B_f, parts.dt, parts.cum, A, adj, parts.cb, diag, dx, scal, ddiag,
+        diag if diag_weight is None else diag_weight, seqlen, nheads, d_state, ngroups, nchunks,
         lp, x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
         diag.stride(0), diag.stride(1), dx.stride(0), dx.stride(1), dx.stride(2),
+        0 if diag_weight is None else diag_weight.stride(0),
         Q=q, P=headdim, BM=dx_bm, BK=min(CONFIG["dx_bk"], q), BN=bn, IEEE=ieee, WIDE=wide, LOG_A=log_decay,
+        HP=max(16, triton.next_power_of_2(nheads)), FC=diag_weight is not None,
         num_warps=dx_warps, num_stages=CONFIG["dx_stages"],
-    )
-    bt = min(CONFIG["dw_bt"], q)
-    w_mat = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
-    pair_rows = torch.empty(batch, 2, nheads, q // bt, lp, device=device, dtype=torch.float32)  # all written
-    pair_cols = torch.empty_like(pair_rows)
-    _dw_kernel[(batch * ngroups, nchunks, (q // bt) ** 2)](
-        x, dy, parts.dt, parts.cum, A, parts.cb, w_mat, pair_rows, pair_cols, seqlen, nheads, ngroups, nchunks, lp,
-        x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2),
-        Q=q, P=headdim, BT=bt, IEEE=ieee, WIDE=wide, LOG_A=log_decay,
-        num_warps=CONFIG["dw_warps"], num_stages=CONFIG["dw_stages"],
     )
     if dBC_out is not None:
         dbc = _destination("dBC_out", dBC_out, BC.shape)
@@ -510,7 +570,7 @@ def hydra_scan_bwd(
     # The dC pass also gives dy . y^f and dy . y^b of the carried-state parts, per token, head and state block.
     w = torch.empty(batch, 2, nheads, n_dot, lp, device=device, dtype=torch.float32)  # tokens past L: never read
     dbc_bm = min(64, q) if ieee else min(CONFIG["dbc_bm"], q)
-    grid = (batch * ngroups, nchunks, (q // dbc_bm) * n_dot)
+    grid = ((q // dbc_bm) * n_dot, nchunks, batch * ngroups)
     for want_db in (False, True):
         warps = 4 if ieee else CONFIG["db_warps" if want_db else "dc_warps"]
         _dbc_kernel[grid](

@@ -100,6 +100,23 @@ INTERPRETER_CHECK = textwrap.dedent(
     except ValueError as err:
         refused = "log_decay" in str(err)
     print("log", max(rel_err(y, y_ref), rel_err(dA_log, dA * A)) if refused else 1.0)
+
+    # diag_weight: the diagonal is a projection of x (fc_D), so dx also takes ddiag @ W, added inside
+    # the dx kernel, with chunks of 128 (two dW tiles a side: the diagonal's gradient comes from the
+    # diagonal tiles). A weight of the wrong shape is refused, naming it.
+    x, dt_raw, dt_bias, A, BC, diag = random_inputs(1, 300, 3, 16, 1, 16, torch.float32, "cpu", seed=5)
+    dy = torch.randn(x.shape)
+    W = torch.randn(3, 48)
+    plain = hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, 128)
+    fc = hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, 128, diag_weight=W)
+    expected = plain[0] + (plain[5].reshape(-1, 3) @ W).reshape(x.shape)
+    try:
+        hydra_scan_bwd(dy, x, dt_raw, dt_bias, A, BC, diag, 128, diag_weight=W.t().contiguous())
+        refused = False
+    except ValueError as err:
+        refused = "diag_weight" in str(err)
+    same = all(torch.equal(a, b) for a, b in zip(plain[1:], fc[1:]))
+    print("fc", rel_err(fc[0], expected) if refused and same else 1.0)
     """
 )
 
@@ -109,8 +126,9 @@ def test_triton_kernels_match_reference_in_interpreter():
     """The real kernels in Triton's CPU interpreter: odd lengths, several chunks, ngroups 1 and 2; all gradients."""
     stdout = run_interpreted(INTERPRETER_CHECK)
     errors = {line.split()[0]: float(line.split()[1]) for line in stdout.strip().splitlines()}
-    assert len(errors) == 5, stdout
-    assert max(errors["37"], errors["70"], errors["grad"], errors["log"]) < 1e-5 and errors["reduced"] < 1e-4, stdout
+    assert len(errors) == 6, stdout
+    assert max(errors["37"], errors["70"], errors["grad"], errors["log"], errors["fc"]) < 1e-5, stdout
+    assert errors["reduced"] < 1e-4, stdout
 
 
 CORE_CHECK = textwrap.dedent(
@@ -296,6 +314,12 @@ def test_triton_backward_matches_reference(shape, chunk_size, dtype, tol):
         assert g.dtype == arg.dtype and g.shape == arg.shape
         bound = 1e-4 if dtype == torch.float32 and name in ("dt_bias", "A", "dt_raw") else tol
         assert torch.isfinite(g).all() and rel_err(g, r) < bound, name
+    # A diagonal projected from x (fc_D): dx also takes ddiag @ W, added inside the dx kernel.
+    x = args[0]
+    W = torch.randn(x.shape[2], x.shape[2] * x.shape[3], device="cuda").to(dtype)
+    dx_fc = hydra_scan_bwd(dy, *args, chunk_size, diag_weight=W)[0]
+    ref_dx = ref[0] + (ref[5].flatten(0, 1) @ W.double()).view(x.shape)
+    assert rel_err(dx_fc, ref_dx) < tol
 
 
 @pytest.mark.gpu
