@@ -53,9 +53,10 @@ def _adjoint_states_kernel(
 ):
     """adj (B, NC, 2, H, N, P): forward part, sum over later chunks of exp(..) C~_f dy^T; backward, earlier.
 
-    Also ``cross`` (B, 2, H, NB, NC) float32: this program's share (its N block) of
+    Also ``cross`` (B, 2, H, NC, N) float32: per state row, its share of
     ``exp(chunk's log-decay) <state entering the chunk, adjoint leaving it>``, the gradient
-    flow of the token pairs that straddle the whole chunk (the decay gradients' chunk term).
+    flow of the token pairs that straddle the whole chunk (the decay gradients' chunk term);
+    summed over the rows by ``_decay_grad_kernel`` (a sum here would cross warps in the sweep).
     """
     pid = tl.program_id(0)  # a head's state blocks and directions run side by side (they share its dy in cache)
     h = tl.program_id(1)
@@ -72,7 +73,6 @@ def _adjoint_states_kernel(
     base = ((b * 2 + direction) * H + h) * Lp
     shift = 2 * direction - 1  # C~_f[t] = C_f[t - 1], C~_b[t] = C_b[t + 1]
     C_base = C_ptr + b * s_b + g * s_g + direction * off_bwd
-    NB = tl.num_programs(0) // 2
     for k in range(0, NC):
         c = k + (1 - direction) * (NC - 1 - 2 * k)  # forward part: from the end; backward part: from the start
         off = ((((b * NC + c) * 2 + direction) * H + h) * N + n[:, None]) * P + p[None, :]
@@ -83,8 +83,8 @@ def _adjoint_states_kernel(
         # The chunk's whole log-decay: the forward prefix at its last token, the backward suffix at its first.
         total = tl.load(cum_ptr + base + c * Q + (1 - direction) * (Q - 1))
         carried = tl.load(st_ptr + off, mask=nmask[:, None], other=0.0).to(tl.float32)
-        cross = tl.sum(tl.sum(carried * state, axis=1), axis=0) * tl.exp(total)
-        tl.store(cross_ptr + (((b * 2 + direction) * H + h) * NB + nb) * NC + c, cross)
+        cross = tl.sum(carried * state, axis=1) * tl.exp(total)  # per state row: no reduction across warps
+        tl.store(cross_ptr + (((b * 2 + direction) * H + h) * NC + c) * N + n, cross, mask=nmask)
         tc = t + shift
         Ct = tl.load(C_base + tc[:, None] * s_l + n[None, :],
                      mask=((tc >= 0) & (tc < L) & (t < L))[:, None] & nmask[None, :], other=0.0)
@@ -186,70 +186,6 @@ def _dx_kernel(
 
 
 @triton.jit
-def _dw_heads(
-    x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, cb, rows_ptr, cols_ptr, dd_ptr,
-    b, g, t, s, i, j, L, H, G, Lp,
-    s_xb, s_xl, s_xh, s_yb, s_yl, s_yh,
-    P: tl.constexpr, BT: tl.constexpr, NT: tl.constexpr, DIAG: tl.constexpr, IEEE: tl.constexpr,
-    LOG_A: tl.constexpr,
-):
-    """``_dw_kernel``'s loop over the group's heads for one tile. A diagonal tile (``DIAG``) holds
-    both parts (forward below its diagonal, backward above); a tile below the diagonal only the
-    forward part and one above only the backward part, so there each entry takes one log-decay,
-    no masks, and the other part's row and column sums are stored as zeros. A diagonal tile's rows and
-    columns are the same tokens, so it also stores the diagonal's gradient ``dd = dy . x`` of its rows."""
-    R = H // G
-    p = tl.arange(0, P)
-    lt = s[None, :] < t[:, None]
-    gt = s[None, :] > t[:, None]
-    part = (i < j).to(tl.int32)  # off-diagonal tiles: 0 forward part (below), 1 backward part (above)
-    acc = tl.zeros((BT, BT), dtype=tl.float32)
-    for r in range(0, R):
-        h = g * R + r
-        A = _decay_rate(A_ptr, h, LOG_A)
-        dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=(t < L)[:, None], other=0.0)
-        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
-        S = _mm(dy, tl.trans(xs), IEEE)  # [t, s] = dy_t . x_s
-        f_base = (b * 2 * H + h) * Lp
-        b_base = ((b * 2 + 1) * H + h) * Lp
-        f_rows = ((b * 2 * H + h) * NT + j) * Lp + t
-        b_rows = (((b * 2 + 1) * H + h) * NT + j) * Lp + t
-        f_cols = ((b * 2 * H + h) * NT + i) * Lp + s
-        b_cols = (((b * 2 + 1) * H + h) * NT + i) * Lp + s
-        if DIAG:  # one exponential per entry: the forward part's log-decay below the diagonal, the backward's above
-            excl_f = tl.load(cum_ptr + f_base + t) - tl.load(dt_ptr + f_base + t) * A
-            excl_b = tl.load(cum_ptr + b_base + t) - tl.load(dt_ptr + b_base + t) * A
-            log_f = excl_f[:, None] - tl.load(cum_ptr + f_base + s)[None, :]
-            log_b = excl_b[:, None] - tl.load(cum_ptr + b_base + s)[None, :]
-            log = tl.where(lt, log_f, tl.where(gt, log_b, float("-inf")))
-            dt_s = tl.where(lt, tl.load(dt_ptr + f_base + s)[None, :], tl.load(dt_ptr + b_base + s)[None, :])
-            decayed = S * tl.exp(log)
-            term = decayed * dt_s
-            pair = term * cb  # dy_t . M[t, s] x_s: forward part below the diagonal, backward part above
-            flow = decayed * cb  # the same without dt_s: its column sums are x_s . u_s of the in-chunk parts
-            tl.store(rows_ptr + f_rows, tl.sum(tl.where(lt, pair, 0.0), axis=1))
-            tl.store(rows_ptr + b_rows, tl.sum(tl.where(gt, pair, 0.0), axis=1))
-            tl.store(cols_ptr + f_cols, tl.sum(tl.where(lt, flow, 0.0), axis=0))
-            tl.store(cols_ptr + b_cols, tl.sum(tl.where(gt, flow, 0.0), axis=0))
-            dd = tl.sum(tl.where(s[None, :] == t[:, None], S, 0.0), axis=1)  # S's diagonal: dy_t . x_t
-            tl.store(dd_ptr + (b * L + t) * H + h, dd.to(dd_ptr.dtype.element_ty), mask=t < L)
-        else:
-            base = ((b * 2 + part) * H + h) * Lp
-            excl = tl.load(cum_ptr + base + t) - tl.load(dt_ptr + base + t) * A
-            decayed = S * tl.exp(excl[:, None] - tl.load(cum_ptr + base + s)[None, :])
-            term = decayed * tl.load(dt_ptr + base + s)[None, :]
-            zero = tl.zeros((BT,), dtype=tl.float32)
-            row_sum = tl.sum(term * cb, axis=1)
-            col_sum = tl.sum(decayed * cb, axis=0)
-            tl.store(rows_ptr + f_rows, tl.where(part == 0, row_sum, zero))
-            tl.store(rows_ptr + b_rows, tl.where(part == 0, zero, row_sum))
-            tl.store(cols_ptr + f_cols, tl.where(part == 0, col_sum, zero))
-            tl.store(cols_ptr + b_cols, tl.where(part == 0, zero, col_sum))
-        acc += term
-    return acc
-
-
-@triton.jit
 def _dw_kernel(
     x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, cb_ptr, w_ptr, rows_ptr, cols_ptr, dd_ptr,
     L, H, G, NC, Lp,
@@ -267,27 +203,57 @@ def _dw_kernel(
     token pairs' gradient flow, exact in float32) over this tile's columns into ``rows``
     (B, 2, H, NT, Lp): ``dy_t . y_t`` of the in-chunk parts, and (without ``dt_s``) over its rows
     into ``cols``: ``x_s . u_s`` of the in-chunk parts; index 0 forward part, 1 backward part.
-    The diagonal tiles store the diagonal's gradient ``dd = dy . x`` (B, L, H) in ``dd_ptr``'s dtype.
+    The diagonal tiles (``i == j``: rows and columns are the same tokens) also store the diagonal's
+    gradient ``dd = dy . x`` (B, L, H), the diagonal of ``dy x^T``, in ``dd_ptr``'s dtype.
     """
     tile = tl.program_id(0)  # a chunk's tiles run side by side (they share its rows of x and dy in cache)
     c = _pid(1, WIDE)
     bg = _pid(2, WIDE)
     b = bg // G
     g = bg % G
+    R = H // G
     NT: tl.constexpr = Q // BT
     i = tile // NT
     j = tile % NT
     t = c * Q + i * BT + tl.arange(0, BT)
     s = c * Q + j * BT + tl.arange(0, BT)
+    p = tl.arange(0, P)
+    lt = s[None, :] < t[:, None]  # (a branch on i, j inside the head loop crashes Triton 3.6's Hopper pipeline)
+    gt = s[None, :] > t[:, None]
+    acc = tl.zeros((BT, BT), dtype=tl.float32)
     ti = i * BT + tl.arange(0, BT)
     sj = j * BT + tl.arange(0, BT)
     cb = tl.load(cb_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :])
-    args = (x_ptr, dy_ptr, dt_ptr, cum_ptr, A_ptr, cb, rows_ptr, cols_ptr, dd_ptr, b, g, t, s, i, j, L, H, G, Lp,
-            s_xb, s_xl, s_xh, s_yb, s_yl, s_yh)
-    if i == j:
-        acc = _dw_heads(*args, P=P, BT=BT, NT=NT, DIAG=True, IEEE=IEEE, LOG_A=LOG_A)
-    else:
-        acc = _dw_heads(*args, P=P, BT=BT, NT=NT, DIAG=False, IEEE=IEEE, LOG_A=LOG_A)
+    for r in range(0, R):
+        h = g * R + r
+        A = _decay_rate(A_ptr, h, LOG_A)
+        dy = tl.load(dy_ptr + b * s_yb + t[:, None] * s_yl + h * s_yh + p[None, :], mask=(t < L)[:, None], other=0.0)
+        xs = tl.load(x_ptr + b * s_xb + s[:, None] * s_xl + h * s_xh + p[None, :], mask=(s < L)[:, None], other=0.0)
+        S = _mm(dy, tl.trans(xs), IEEE)  # [t, s] = dy_t . x_s
+        # One exponential per entry: the forward part's log-decay below the diagonal, the backward's above.
+        f_base = (b * 2 * H + h) * Lp
+        b_base = ((b * 2 + 1) * H + h) * Lp
+        excl_f = tl.load(cum_ptr + f_base + t) - tl.load(dt_ptr + f_base + t) * A
+        excl_b = tl.load(cum_ptr + b_base + t) - tl.load(dt_ptr + b_base + t) * A
+        log_f = excl_f[:, None] - tl.load(cum_ptr + f_base + s)[None, :]
+        log_b = excl_b[:, None] - tl.load(cum_ptr + b_base + s)[None, :]
+        log = tl.where(lt, log_f, tl.where(gt, log_b, float("-inf")))
+        dt_s = tl.where(lt, tl.load(dt_ptr + f_base + s)[None, :], tl.load(dt_ptr + b_base + s)[None, :])
+        decayed = S * tl.exp(log)
+        term = decayed * dt_s
+        acc += term
+        pair = term * cb  # dy_t . M[t, s] x_s: forward part below the diagonal, backward part above
+        flow = decayed * cb  # the same without dt_s: its column sums are x_s . u_s of the in-chunk parts
+        f_rows = ((b * 2 * H + h) * NT + j) * Lp + t
+        b_rows = (((b * 2 + 1) * H + h) * NT + j) * Lp + t
+        tl.store(rows_ptr + f_rows, tl.sum(tl.where(lt, pair, 0.0), axis=1))
+        tl.store(rows_ptr + b_rows, tl.sum(tl.where(gt, pair, 0.0), axis=1))
+        f_cols = ((b * 2 * H + h) * NT + i) * Lp + s
+        b_cols = (((b * 2 + 1) * H + h) * NT + i) * Lp + s
+        tl.store(cols_ptr + f_cols, tl.sum(tl.where(lt, flow, 0.0), axis=0))
+        tl.store(cols_ptr + b_cols, tl.sum(tl.where(gt, flow, 0.0), axis=0))
+        dd = tl.sum(tl.where(s[None, :] == t[:, None], S, 0.0), axis=1)
+        tl.store(dd_ptr + (b * L + t) * H + h, dd.to(dd_ptr.dtype.element_ty), mask=(t < L) & (i == j))
     tl.store(w_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :], acc)
 
 
@@ -421,9 +387,9 @@ def _dbc_kernel(
 @triton.jit
 def _decay_grad_kernel(
     wst_ptr, rows_ptr, cols_ptr, scal_ptr, dt_ptr, cross_ptr, raw_ptr, bias_ptr, A_ptr, draw_ptr, part_ptr,
-    L, H, NC, Lp, NB, ND,
+    L, H, NC, Lp, N, ND,
     s_rb, s_rl,
-    Q: tl.constexpr, NT: tl.constexpr, LOG_A: tl.constexpr,
+    Q: tl.constexpr, NT: tl.constexpr, LOG_A: tl.constexpr, NP: tl.constexpr,
 ):
     """One chunk and head: the decay gradient ``da`` of both parts from its four pieces (module
     docstring), then ``ddt = x.u + A da`` and ``d dt_raw = ddt sigmoid(raw + dt_bias)`` (stored
@@ -452,9 +418,9 @@ def _decay_grad_kernel(
         xu = xu_out + z_in  # + the in-chunk part
         z_in = dt * z_in
         z_out = dt * xu_out
-        through = 0.0
-        for nb in range(0, NB):
-            through += tl.load(cross_ptr + (((b * 2 + d) * H + h) * NB + nb) * NC + c)
+        k = tl.arange(0, NP)  # <state, adjoint> of the pairs straddling the chunk, summed over the state rows
+        cross = tl.load(cross_ptr + (((b * 2 + d) * H + h) * NC + c) * N + k, mask=k < N, other=0.0)
+        through = tl.sum(cross, axis=0)
         if d == 0:  # forward part: pairs s < r < t
             da = (tl.cumsum(w, 0, reverse=True) - w) - tl.cumsum(z_in, 0, reverse=True) \
                 + (tl.cumsum(z_out, 0) - z_out) + through
@@ -524,7 +490,7 @@ def hydra_scan_bwd(
 
     adj = torch.empty_like(parts.states)
     n_blocks = triton.cdiv(d_state, parts.bn_state)
-    cross = torch.empty(batch, 2, nheads, n_blocks, nchunks, device=device, dtype=torch.float32)
+    cross = torch.empty(batch, 2, nheads, nchunks, d_state, device=device, dtype=torch.float32)
     _adjoint_states_kernel[(2 * n_blocks, nheads, batch)](
         dy, C_f, parts.dt, parts.cum, A, adj, parts.states, cross, seqlen, nheads, d_state, ngroups, nchunks, lp,
         dy.stride(0), dy.stride(1), dy.stride(2), s_b, s_l, s_g, off_bwd,
@@ -587,8 +553,8 @@ def hydra_scan_bwd(
     part = torch.empty(batch, nheads, nchunks, 2, device=device, dtype=torch.float32)
     _decay_grad_kernel[(batch, nheads, nchunks)](
         w, pair_rows, pair_cols, scal, parts.dt, cross, dt_raw, dt_bias, A, ddt_raw, part,
-        seqlen, nheads, nchunks, lp, n_blocks, n_dot, dt_raw.stride(0), dt_raw.stride(1),
-        Q=q, NT=q // bt, LOG_A=log_decay, num_warps=4,
+        seqlen, nheads, nchunks, lp, d_state, n_dot, dt_raw.stride(0), dt_raw.stride(1),
+        Q=q, NT=q // bt, LOG_A=log_decay, NP=triton.next_power_of_2(d_state), num_warps=4,
     )
     dA, ddt_bias = part.sum(dim=(0, 2)).unbind(-1)
     return dx, ddt_raw, ddt_bias.to(dt_bias.dtype), dA.to(A.dtype), dbc, ddiag
