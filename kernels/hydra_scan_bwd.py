@@ -26,11 +26,11 @@ part mirrored, the gradients are (Mamba-2's SSD backward, Dao & Gu 2024, applied
   sums them within each chunk and applies ``A`` and the softplus' derivative, with per-chunk
   shares of the ``dt_bias``/``A`` reductions (summed in PyTorch).
 
-Kernels: ``_adjoint_states_kernel`` (reverse sweep of ``C~ dy^T``), ``_dx_kernel`` (``dx``,
-``x.u``, ``dd``), ``_dw_kernel`` (the in-chunk weights ``W[t, s]`` of dB/dC summed over a group's
-heads), ``_dbc_kernel`` (``dB``, ``dC``: carried-state term per head plus ``W B`` / ``W^T C~``
-once per group; the dC pass also ``dy . y^f`` and ``dy . y^b`` of the carried states) and
-``_decay_grad_kernel``.
+Kernels, in launch order: ``_adjoint_states_kernel`` (reverse sweep of ``C~ dy^T``), ``_dw_kernel``
+(the in-chunk weights ``W[t, s]`` of dB/dC summed over a group's heads, and ``dd = dy . x``),
+``_dx_kernel`` (``dx``, ``x.u``; with ``diag_weight`` also ``dd W``), ``_dbc_kernel`` (``dB``, ``dC``:
+carried-state term per head plus ``W B`` / ``W^T C~`` once per group; the dC pass also ``dy . y^f``
+and ``dy . y^b`` of the carried states) and ``_decay_grad_kernel``.
 """
 
 from __future__ import annotations
@@ -252,6 +252,7 @@ def _dw_kernel(
         b_cols = (((b * 2 + 1) * H + h) * NT + i) * Lp + s
         tl.store(cols_ptr + f_cols, tl.sum(tl.where(lt, flow, 0.0), axis=0))
         tl.store(cols_ptr + b_cols, tl.sum(tl.where(gt, flow, 0.0), axis=0))
+        # Every tile sums it, only the diagonal ones store it: a branch on i, j here crashes Triton 3.6 (above).
         dd = tl.sum(tl.where(s[None, :] == t[:, None], S, 0.0), axis=1)
         tl.store(dd_ptr + (b * L + t) * H + h, dd.to(dd_ptr.dtype.element_ty), mask=(t < L) & (i == j))
     tl.store(w_ptr + ((bg * NC + c) * Q + ti[:, None]) * Q + sj[None, :], acc)
