@@ -29,7 +29,7 @@ All arithmetic accumulates in float32; inputs may be float32 or bfloat16/float16
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 import triton
@@ -276,6 +276,29 @@ CONFIG = {
 }
 
 
+class ScanParts(NamedTuple):
+    """What the forward computed besides ``y`` (steps 1-3), for the backward to reuse; the tensors first.
+
+    A named tuple, not a namespace: ``torch.compile`` traces it (and so the whole Triton layer).
+    """
+
+    dt: torch.Tensor  # (B, 2, H, Lp) float32 step sizes, forward then backward direction
+    cum: torch.Tensor  # (B, 2, H, Lp) float32 within-chunk cumulative log decays
+    cb: torch.Tensor  # (B G, NC, Q, Q) float32 C_i . B_j of each chunk
+    states: torch.Tensor  # (B, NC, 2, H, N, P) carried states, in the dtype of x
+    q: int
+    nchunks: int
+    lp: int
+    ieee: bool
+    wide: bool
+    bn: int
+    bn_state: int
+    log_decay: bool
+
+
+TENSOR_PARTS = 4  # ScanParts' leading tensor fields
+
+
 def _check_last_dim_contiguous(**tensors: torch.Tensor) -> None:
     for name, tensor in tensors.items():
         if tensor.stride(-1) != 1:
@@ -293,7 +316,7 @@ def hydra_scan_fwd(
     *,
     log_decay: bool = False,
     return_parts: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, SimpleNamespace]:
+) -> torch.Tensor | tuple[torch.Tensor, ScanParts]:
     """Hydra's sequence mixing ``y = M x`` (see the module docstring), forward only.
 
     Args:
@@ -333,15 +356,10 @@ def hydra_scan_fwd(
     return (y, parts) if return_parts else y
 
 
-def _forward_parts(
-    x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH, chunk_size, ieee: bool | None = None,
-    log_decay: bool = False,
-) -> SimpleNamespace:
-    """Checks, then steps 1-3: ``dt`` and cumulative decays, the ``CB`` matrices, the carried states.
-
-    States are stored in the dtype of ``x``; ``ieee`` (default: ``x`` is float32) asks for IEEE
-    float32 products instead of the matrix units' faster modes; ``log_decay``: ``A_H`` is ``A_log``.
-    """
+def scan_meta(x_BLHP, BC_BL4GN, chunk_size: int, ieee: bool, log_decay: bool) -> tuple:
+    """Checks the shapes, then :class:`ScanParts`' fields after the tensors, in order: chunk length,
+    chunks, padded length, IEEE products, 64-bit offsets, ``CB`` state block, states' state block,
+    ``log_decay``. A function of the inputs' shapes and strides only, so a backward can rebuild them."""
     batch, seqlen, nheads, headdim = x_BLHP.shape
     _, _, four, ngroups, d_state = BC_BL4GN.shape
     q = chunk_size
@@ -351,19 +369,36 @@ def _forward_parts(
         raise ValueError(f"the Triton Hydra scan supports chunk_size 32, 64, 128 or 256, got {q}")
     if headdim not in (16, 32, 64, 128):
         raise ValueError(f"the Triton Hydra scan supports headdim 16, 32, 64 or 128, got {headdim}")
-    _check_last_dim_contiguous(x=x_BLHP, dt_raw=dt_raw_BL2H, BC=BC_BL4GN, diag=diag_BLH)
+    _check_last_dim_contiguous(x=x_BLHP, BC=BC_BL4GN)
     if BC_BL4GN.stride(3) != d_state or BC_BL4GN.stride(2) != ngroups * d_state:
         raise ValueError("B and C must be laid out as (4, G, N) contiguous within a token")
-    device = x_BLHP.device
     nchunks = triton.cdiv(seqlen, q)
     lp = nchunks * q
-    if ieee is None:
-        ieee = x_BLHP.dtype == torch.float32
     # 64-bit offsets only where some index may pass 2**31 (they cost about 20% at small sizes).
     state_elements = batch * nchunks * 2 * nheads * d_state * headdim
     output_elements = batch * seqlen * nheads * headdim
     largest = max(state_elements, output_elements, x_BLHP.stride(0) * batch, BC_BL4GN.stride(0) * batch)
     wide = largest >= 2**31
+    wide_tiles = x_BLHP.dtype == torch.float32 and q > 128  # float32 tiles of 256 rows need smaller blocks
+    bn_state = min(CONFIG["state_bn"] if headdim <= 64 and not wide_tiles else 32, triton.next_power_of_2(d_state))
+    return q, nchunks, lp, ieee, wide, min(64, triton.next_power_of_2(d_state)), bn_state, log_decay
+
+
+def _forward_parts(
+    x_BLHP, dt_raw_BL2H, dt_bias_H, A_H, BC_BL4GN, diag_BLH, chunk_size, ieee: bool | None = None,
+    log_decay: bool = False,
+) -> ScanParts:
+    """Checks, then steps 1-3: ``dt`` and cumulative decays, the ``CB`` matrices, the carried states.
+
+    States are stored in the dtype of ``x``; ``ieee`` (default: ``x`` is float32) asks for IEEE
+    float32 products instead of the matrix units' faster modes; ``log_decay``: ``A_H`` is ``A_log``.
+    """
+    batch, seqlen, nheads, headdim = x_BLHP.shape
+    ngroups, d_state = BC_BL4GN.shape[-2:]
+    _check_last_dim_contiguous(dt_raw=dt_raw_BL2H, diag=diag_BLH)
+    meta = scan_meta(x_BLHP, BC_BL4GN, chunk_size, x_BLHP.dtype == torch.float32 if ieee is None else ieee, log_decay)
+    q, nchunks, lp, ieee, wide, bn, bn_state, _ = meta
+    device = x_BLHP.device
     dt = torch.empty(batch, 2, nheads, lp, device=device, dtype=torch.float32)
     cum = torch.empty_like(dt)
     _dt_kernel[(batch, nheads, nchunks)](
@@ -374,7 +409,6 @@ def _forward_parts(
     s_b, s_l, s_g = BC_BL4GN.stride(0), BC_BL4GN.stride(1), BC_BL4GN.stride(3)
     B_f, C_f = BC_BL4GN[:, :, 0], BC_BL4GN[:, :, 1]
     off_bwd = 2 * gn  # B_b and C_b sit 2 * G * N elements after B_f and C_f
-    bn = min(64, triton.next_power_of_2(d_state))
     bt = min(64, q)
     cb = torch.empty(batch * ngroups, nchunks, q, q, device=device, dtype=torch.float32)
     _cb_kernel[((q // bt) ** 2, nchunks, batch * ngroups)](
@@ -382,16 +416,10 @@ def _forward_parts(
         Q=q, BT=bt, BN=bn, IEEE=ieee, WIDE=wide, num_warps=4,
     )
     states = torch.empty(batch, nchunks, 2, nheads, d_state, headdim, device=device, dtype=x_BLHP.dtype)
-    wide_tiles = x_BLHP.dtype == torch.float32 and q > 128  # float32 tiles of 256 rows need smaller blocks
-    bn_state = min(CONFIG["state_bn"] if headdim <= 64 and not wide_tiles else 32,
-                   triton.next_power_of_2(d_state))
     _states_kernel[(2 * triton.cdiv(d_state, bn_state), nheads, batch)](
         x_BLHP, B_f, dt, cum, states, seqlen, nheads, d_state, ngroups, nchunks, lp,
         x_BLHP.stride(0), x_BLHP.stride(1), x_BLHP.stride(2), s_b, s_l, s_g, off_bwd,
         Q=q, P=headdim, BN=bn_state, IEEE=ieee, WIDE=wide, num_warps=CONFIG["state_warps"],
         num_stages=1 if x_BLHP.dtype == torch.float32 else CONFIG["state_stages"],
     )
-    return SimpleNamespace(
-        dt=dt, cum=cum, cb=cb, states=states, q=q, nchunks=nchunks, lp=lp, ieee=ieee, wide=wide, bn=bn,
-        bn_state=bn_state, log_decay=log_decay,
-    )
+    return ScanParts(dt, cum, cb, states, *meta)

@@ -213,6 +213,66 @@ def test_triton_layer_core_matches_reference_mixer_in_interpreter():
     assert max(errors.values()) < 1e-5, lines
 
 
+COMPILE_CHECK = textwrap.dedent(
+    """
+    import torch
+    from hthlight.kernels.hydra_core import hydra_core
+    from hthlight.mixers.hydra import HydraMixer
+    from tests.test_hydra_triton import rel_err
+
+    torch.manual_seed(0)  # no conv bias, two groups, states kept: the backward rebuilds the scan's parts
+    m = HydraMixer(32, d_state=16, headdim=16, ngroups=2, chunk_size=32, backend="torch", conv_bias=False)
+    with torch.no_grad():
+        for param in m.parameters():
+            param.add_(0.2 * torch.randn_like(param))
+
+    def core(u):
+        return hydra_core(
+            m.in_proj(u), m.conv1d.weight, m.conv1d.bias, m.fc_D.weight, m.D, m.dt_bias, m.A_log, m.norm.weight,
+            nheads=m.nheads, ngroups=m.ngroups, d_state=m.d_state, eps=m.norm.eps, chunk_size=32,
+        )
+
+    targets = []
+
+    def recording(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes)
+        return gm
+
+    u = torch.randn(2, 37, 32, requires_grad=True)
+    torch.compile(core, backend=recording, fullgraph=True)(u)
+    print("ops", *sorted({t for t in targets if "hthlight" in t}))
+    compiled = torch.compile(core, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():  # the inference path (nothing saved); opcheck below runs the training path
+        print("nograd", rel_err(compiled(u), core(u)))
+
+    # opcheck: schema, autograd registration, fake (meta) outputs against real ones (shapes and strides),
+    # the operators under AOT autograd with dynamic shapes.
+    import hthlight.kernels.hydra_core as core_module
+    settings = (m.nheads, m.ngroups, m.d_state, m.norm.eps, 32)
+    zxbcdt = m.in_proj(u).detach().requires_grad_(True)
+    weights = [t.detach() for t in (m.conv1d.weight, m.fc_D.weight, m.D, m.dt_bias, m.A_log, m.norm.weight)]
+    args = (zxbcdt, weights[0], None, *weights[1:], *settings, True, True)
+    fwd = torch.library.opcheck(core_module._forward_op, args)
+    with torch.no_grad():
+        out, *saved = core_module._forward_op(*args)
+    bwd_args = (torch.randn_like(out), zxbcdt.detach(), *args[1:8], saved, *settings)  # no double backward
+    bwd = torch.library.opcheck(core_module._backward_op, bwd_args)
+    print("opcheck", *sorted(set(fwd.values()) | set(bwd.values())))
+    """
+)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU compile test runs the compiled kernels")
+def test_compiled_layer_core_is_one_custom_operator_in_interpreter():
+    """Under torch.compile the core is one opaque operator (no graph break, no inlined kernels); its
+    no-grad forward equals the eager path's, and ``torch.library.opcheck`` passes for both operators: the
+    fake outputs' shapes and strides, the registered autograd, outputs and gradients under AOT autograd."""
+    lines = run_interpreted(COMPILE_CHECK).strip().splitlines()
+    assert "ops hthlight.hydra_core_fwd.default" in lines and "opcheck SUCCESS" in lines, lines
+    nograd = [float(line.split()[1]) for line in lines if line.startswith("nograd")]
+    assert len(nograd) == 1 and nograd[0] < 1e-6, lines
+
+
 def test_backend_choice_and_errors():
     assert resolve_hydra_backend("auto", "cpu", 64, 64) == "torch"
     # auto falls back to the reference for shapes the Triton kernels lack (tiny test models)
@@ -355,6 +415,34 @@ def test_triton_layer_forward_and_gradients_match_reference(scan, ngroups, dtype
         if name in ("dt_bias", "A_log", "D"):
             bound = 1e-3 if dtype == torch.float32 else 3e-2
         assert rel_err(grads[name], g) < bound, name
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("keep_states", [True, False])
+def test_compiled_triton_layer_is_one_graph_and_matches_eager(keep_states):
+    """torch.compile (Inductor, fullgraph) of a Triton Hydra layer: the forward and every gradient equal
+    the eager layer's within bf16 rounding of the projections Inductor may fuse differently."""
+    from hthlight.mixers.hydra import HydraMixer
+
+    torch.manual_seed(0)
+    layer = HydraMixer(128, scan="v", d_state=32, headdim=32, ngroups=2, chunk_size=64, backend="triton")
+    layer.recompute_states = not keep_states
+    layer = layer.cuda()
+    x = torch.randn(2, 300, 128, device="cuda")
+    g = torch.randn(2, 300, 128, device="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda u: layer(u, grid=(1, 15, 20)), fullgraph=True)
+    results = []
+    for fn in (lambda u: layer(u, grid=(1, 15, 20)), compiled):
+        layer.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_(True)
+        out = fn(xg)
+        out.backward(g)
+        results.append([out.detach(), xg.grad] + [p.grad for p in layer.parameters()])
+    names = ["out", "dx"] + [name for name, _ in layer.named_parameters()]
+    for name, a, b in zip(names, *results):
+        assert rel_err(b, a) < 1e-5, name
 
 
 @pytest.mark.gpu
