@@ -2,13 +2,15 @@
 
 Usage (on a CUDA machine)::
 
-    python benchmarks/hydra_layer.py [--shapes 5b xl] [--tokens 4096 16384 ...] [--cuda-graph] [--out results.json]
+    python benchmarks/hydra_layer.py [--shapes 5b xl] [--tokens 4096 16384 ...] [--cuda-graph]
+        [--compile reduce-overhead] [--out results.json]
 
 Rows: ``triton`` (hthlight's fused bidirectional kernels), ``torch`` (hthlight's reference
 path; only up to --torch-max-tokens), ``mamba_ssm`` (the public arrangement: doubled batch over
 the Mamba-2 kernels, when ``mamba_ssm`` is importable; ``benchmarks/mamba_ssm_triton.py`` makes
 its Triton kernels importable where its CUDA extensions cannot be built), ``attention`` (qkv projection, SDPA,
 output projection, as in ANCHORS.md) and ``scan`` (the Triton mixing kernels alone, forward).
+``--compile MODE`` adds ``triton+compile`` and ``attention+compile`` rows under ``torch.compile``.
 ``--cuda-graph`` adds ``triton+graph`` and ``attention+graph`` rows: the same layers replayed from
 CUDA graphs (forward: :class:`hthlight.diffusion.cuda_graphs.CUDAGraphed`, as sampling uses it;
 forward+backward: ``torch.cuda.make_graphed_callables``), i.e. the device time without the host's
@@ -20,6 +22,7 @@ table; ``--out`` also writes every figure as JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import platform
@@ -138,6 +141,19 @@ def scan_only(layer: HydraMixer, x: torch.Tensor) -> float:
         return bench(lambda: hydra_scan_fwd(*args, chunk_size=q))
 
 
+def measure_compiled(layer: nn.Module, x: torch.Tensor, backward: bool, mode: str) -> dict[str, float]:
+    """:func:`measure` of ``torch.compile(layer, mode=mode, fullgraph=True)`` (the Triton Hydra core is
+    one opaque operator in the graph; ``reduce-overhead`` replays CUDA graphs)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, mode=mode, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        compiled(x)  # compiles outside the timing (do_bench's warm-up would too, but this keeps it explicit)
+    out = measure(_Call(compiled, layer), x, backward)
+    if mode == "reduce-overhead":  # buffers come from the graphs' private pools: no meaningful peak
+        out.pop("fwd_bwd_peak_mib", None)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -146,6 +162,12 @@ def main() -> None:
     parser.add_argument("--torch-max-tokens", type=int, default=16384)
     parser.add_argument("--backward-max-tokens", type=int, default=65536)
     parser.add_argument("--cuda-graph", action="store_true", help="also time triton and attention from CUDA graphs")
+    parser.add_argument(
+        "--compile",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        help="also time triton and attention under torch.compile(mode=...) (fullgraph)",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -173,11 +195,16 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                if args.cuda_graph and name in ("triton", "attention"):
-                    row = {"shape": shape, "tokens": tokens, "layer": f"{name}+graph"}
+                variants = {"graph": measure_graphed} if args.cuda_graph else {}
+                if args.compile:
+                    variants["compile"] = functools.partial(measure_compiled, mode=args.compile)
+                for variant, timer in variants.items():
+                    if name not in ("triton", "attention"):
+                        continue
+                    row = {"shape": shape, "tokens": tokens, "layer": f"{name}+{variant}"}
                     try:
                         run = layer.mix_sequence if isinstance(layer, HydraMixer) else layer
-                        row.update(measure_graphed(_Call(run, layer), x, backward=tokens <= args.backward_max_tokens))
+                        row.update(timer(_Call(run, layer), x, backward=tokens <= args.backward_max_tokens))
                     except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
                         row["error"] = str(exc).splitlines()[0][:80]
                     torch.cuda.empty_cache()
