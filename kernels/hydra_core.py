@@ -75,7 +75,7 @@ def _core_backward(
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     # The norm's dz is taken after the scan's backward (the layer's peak), straight into the
     # input projection's gradient buffer, allocated only then: neither is held through the peak.
-    dy, _, dnorm_weight = gated_rmsnorm_bwd(dout, y.flatten(2), z, norm_weight, eps, grads="dy")
+    dy = gated_rmsnorm_bwd(dout, y.flatten(2), z, norm_weight, eps, grads="dy")[0]  # dnorm_weight with dz
     dact = torch.empty_like(xBC_act)
     _, ddt_raw, ddt_bias, dA_log, _, ddiag = hydra_scan_bwd(
         dy.unflatten(-1, (nheads, -1)),
@@ -99,7 +99,8 @@ def _core_backward(
     dD = ddiag.sum((0, 1)).to(D_dtype)
     del ddiag, ddiag_NH
     dzxbcdt = torch.empty_like(zxbcdt)
-    gated_rmsnorm_bwd(dout, y.flatten(2), z, norm_weight, eps, grads="dz", dz_out=dzxbcdt[..., :inner])
+    norm_args = (dout, y.flatten(2), z, norm_weight, eps)
+    dnorm_weight = gated_rmsnorm_bwd(*norm_args, grads="dz", dz_out=dzxbcdt[..., :inner])[2]
     dzxbcdt[..., inner + channels :].copy_(ddt_raw)
     del ddt_raw
     xBC, dxBC = zxbcdt[..., inner : inner + channels], dzxbcdt[..., inner : inner + channels]
