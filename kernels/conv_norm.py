@@ -549,6 +549,17 @@ def _gated_rmsnorm_bwd_kernel(
 
 
 @triton.jit
+def _norm_chunk(do_ptr, y_ptr, z_ptr, w_ptr, cols, D):
+    """``dout * w * silu(z)`` and ``y`` of one chunk of a row, in float32 (zeros past ``D``)."""
+    m = cols < D
+    do = tl.load(do_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    return do * w * (z / (1.0 + tl.exp(-z))), y
+
+
+@triton.jit
 def _gated_rmsnorm_dy_kernel(
     do_ptr, y_ptr, z_ptr, w_ptr, dy_ptr, R, L, D,
     eps: tl.constexpr,  # a literal: torch.compile would pass a float argument as fp64
@@ -570,25 +581,16 @@ def _gated_rmsnorm_dy_kernel(
     sum_yy = tl.zeros((BC,), dtype=tl.float32)
     sum_dy = tl.zeros((BC,), dtype=tl.float32)
     for c in tl.static_range(NCH):
-        cols = c * BC + c0
-        m = cols < D
-        do = tl.load(do_ptr + cols, mask=m, other=0.0).to(tl.float32)
-        y = tl.load(y_ptr + cols, mask=m, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + cols, mask=m, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+        dyhat, y = _norm_chunk(do_ptr, y_ptr, z_ptr, w_ptr, c * BC + c0, D)
         sum_yy += y * y
-        sum_dy += do * w * (z / (1.0 + tl.exp(-z))) * y
+        sum_dy += dyhat * y
     rstd = 1.0 / tl.sqrt(tl.sum(sum_yy, axis=0) / D + eps)
     coef = rstd * rstd * rstd * tl.sum(sum_dy, axis=0) / D
     for c in tl.static_range(NCH):
         cols = c * BC + c0
-        m = cols < D
-        do = tl.load(do_ptr + cols, mask=m, other=0.0).to(tl.float32)
-        y = tl.load(y_ptr + cols, mask=m, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + cols, mask=m, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
-        dy = rstd * do * w * (z / (1.0 + tl.exp(-z))) - y * coef
-        tl.store(dy_ptr + row.to(tl.int64) * D + cols, dy.to(dy_ptr.dtype.element_ty), mask=m)
+        dyhat, y = _norm_chunk(do_ptr, y_ptr, z_ptr, w_ptr, cols, D)
+        tl.store(dy_ptr + row.to(tl.int64) * D + cols, (rstd * dyhat - y * coef).to(dy_ptr.dtype.element_ty),
+                 mask=cols < D)
 
 
 def _row_chunks(dim: int) -> tuple[int, int]:
