@@ -31,9 +31,9 @@ def _core_forward(
     zxbcdt, conv_weight, conv_bias, fc_D_weight, D, dt_bias, A_log, norm_weight, shape, eps, chunk_size, keep_states,
     needs_backward,
 ):
-    """The layer's forward: ``(out, saved)``, ``saved`` what :func:`_core_backward` reads after the
+    """The layer's forward: ``(out, saved, meta)``, ``saved`` what :func:`_core_backward` reads after the
     layer's own inputs (``xBC_act, y, diag`` and, with ``keep_states``, the scan's four tensor parts),
-    empty without ``needs_backward``."""
+    empty without ``needs_backward``; ``meta`` the kept parts' other fields (else empty)."""
     inner, channels = norm_weight.shape[0], conv_weight.shape[0]
     nheads, ngroups, d_state = shape
     z = zxbcdt[..., :inner]
@@ -53,16 +53,18 @@ def _core_forward(
     )
     y, parts = out if keep_states else (out, None)
     saved = ((xBC_act, y, diag, *(parts[:TENSOR_PARTS] if keep_states else ())) if needs_backward else ())
+    meta = parts[TENSOR_PARTS:] if keep_states and needs_backward else ()
     # Inference: the conv output and the diagonal are freed before the norm's output is allocated.
     del out, parts, xBC_act, x, diag
-    return gated_rmsnorm_fwd(y.flatten(2), z, norm_weight, eps), saved
+    return gated_rmsnorm_fwd(y.flatten(2), z, norm_weight, eps), saved, meta
 
 
 def _core_backward(
     dout, zxbcdt, conv_weight, conv_bias, fc_D_weight, D_dtype, dt_bias, A_log, norm_weight, saved, shape, eps,
-    chunk_size,
+    chunk_size, meta=(),
 ):
-    """Gradients of :func:`_core_forward` for its eight tensor inputs (``None`` for an absent conv bias)."""
+    """Gradients of :func:`_core_forward` for its eight tensor inputs (``None`` for an absent conv bias);
+    ``meta`` as the forward returned it, or empty to derive it again from the shapes."""
     xBC_act, y, diag, *kept = saved
     nheads, ngroups, d_state = shape
     inner, channels = norm_weight.shape[0], conv_weight.shape[0]
@@ -70,7 +72,8 @@ def _core_backward(
     BC_BL4GN = xBC_act[..., inner:].unflatten(-1, (4, ngroups, d_state))
     parts = None
     if kept:  # the scan's fields besides its tensors follow from the shapes
-        parts = ScanParts(*kept, *scan_meta(x_BLHP, BC_BL4GN, chunk_size, x_BLHP.dtype == torch.float32, True))
+        meta = meta or scan_meta(x_BLHP, BC_BL4GN, chunk_size, x_BLHP.dtype == torch.float32, True)
+        parts = ScanParts(*kept, *meta)
     z = zxbcdt[..., :inner]
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     # The norm's dz is taken after the scan's backward (the layer's peak), straight into the
@@ -120,7 +123,7 @@ class HydraCore(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *args):
         tensors, (shape, eps, chunk_size, keep_states, needs_backward) = args[:8], args[8:]
-        out, saved = _core_forward(*tensors, shape, eps, chunk_size, keep_states, needs_backward)
+        out, saved, ctx.parts_meta = _core_forward(*tensors, shape, eps, chunk_size, keep_states, needs_backward)
         if needs_backward:
             zxbcdt, conv_weight, conv_bias, fc_D_weight, _D, dt_bias, A_log, norm_weight = tensors
             ctx.save_for_backward(zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight, *saved)
@@ -131,7 +134,7 @@ class HydraCore(torch.autograd.Function):
     def backward(ctx, dout):
         zxbcdt, conv_weight, conv_bias, fc_D_weight, dt_bias, A_log, norm_weight, *saved = ctx.saved_tensors
         inputs = (zxbcdt, conv_weight, conv_bias, fc_D_weight, ctx.D_dtype, dt_bias, A_log, norm_weight)
-        grads = _core_backward(dout, *inputs, tuple(saved), ctx.shape, ctx.eps, ctx.chunk_size)
+        grads = _core_backward(dout, *inputs, tuple(saved), ctx.shape, ctx.eps, ctx.chunk_size, ctx.parts_meta)
         return *grads, None, None, None, None, None  # shape, eps, chunk_size, keep_states, needs_backward
 
 
@@ -159,8 +162,8 @@ def _forward_op(
 ) -> list[torch.Tensor]:
     """``[out, *saved]`` of :func:`_core_forward`."""
     args = (zxbcdt, conv_weight, conv_bias, fc_D_weight, D, dt_bias, A_log, norm_weight)
-    out, saved = _core_forward(*args, (nheads, ngroups, d_state), eps, chunk_size, keep_states, needs_backward)
-    return [out, *saved]
+    out, saved, _ = _core_forward(*args, (nheads, ngroups, d_state), eps, chunk_size, keep_states, needs_backward)
+    return [out, *saved]  # an operator returns tensors only: the backward derives the scan's settings again
 
 
 @_forward_op.register_fake

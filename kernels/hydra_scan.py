@@ -277,10 +277,8 @@ CONFIG = {
 
 
 class ScanParts(NamedTuple):
-    """What the forward computed besides ``y`` (steps 1-3), for the backward to reuse; the tensors first.
-
-    A named tuple, not a namespace: ``torch.compile`` traces it (and so the whole Triton layer).
-    """
+    """What the forward computed besides ``y`` (steps 1-3), for the backward to reuse: the tensors first
+    (``parts[:TENSOR_PARTS]``, what a layer saves), then the settings :func:`scan_meta` derives from shapes."""
 
     dt: torch.Tensor  # (B, 2, H, Lp) float32 step sizes, forward then backward direction
     cum: torch.Tensor  # (B, 2, H, Lp) float32 within-chunk cumulative log decays
